@@ -1,0 +1,95 @@
+# vault-runner: the parameterized batch job the reconciler dispatches, once per
+# attempt of an approved vault action.
+#
+# - Lives in its own namespace; only the reconciler may dispatch, read and list it
+#   (see jobspecs/nomad-acl/).
+# - The payload carries the response-wrapped claim token and nothing else; it is
+#   written to local/claim.json, which the entry step reads and deletes.
+# - Meta names the run and its declared secrets and mounts - nothing secret: any
+#   holder of list-jobs can read it.
+# - No vault {} block and no templates: the entry step unwraps its single-use claim
+#   itself, so a copy Nomad starts on its own finds the claim taken and exits.
+# - No restart and no reschedule: the reconciler decides about new attempts.
+
+variable "namespace" {
+  type    = string
+  default = "runners"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "image" {
+  type    = string
+  default = "ghcr.io/disinto/reconciler-runner:latest"
+}
+
+variable "vault_addr" {
+  type    = string
+  default = "http://127.0.0.1:8200"
+}
+
+variable "factory_root" {
+  type    = string
+  default = "/opt/factory"
+}
+
+variable "agent_command" {
+  type    = string
+  default = ""
+}
+
+job "vault-runner" {
+  namespace   = var.namespace
+  datacenters = var.datacenters
+  type        = "batch"
+
+  parameterized {
+    payload       = "required"
+    meta_required = ["run_id", "attempt", "action_id", "formula", "timeout_seconds", "wrapped_accessor"]
+    meta_optional = ["secrets", "mounts"]
+  }
+
+  group "runner" {
+    count = 1
+
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    task "runner" {
+      driver = "docker"
+
+      config {
+        image   = var.image
+        command = "python3"
+        args    = ["-m", "reconciler.runner"]
+      }
+
+      dispatch_payload {
+        file = "claim.json"
+      }
+
+      env {
+        VAULT_ADDR            = var.vault_addr
+        FACTORY_ROOT          = var.factory_root
+        RUNNER_AGENT_COMMAND  = var.agent_command
+      }
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+
+      kill_timeout = "30s"
+    }
+  }
+}

@@ -1,0 +1,251 @@
+"""Settings, loaded once (by the CLI) and passed down as one frozen object.
+
+Sources, weakest first: built-in defaults, an optional TOML file (``--config``
+or ``RECONCILER_CONFIG``; the same keys in lower case), the environment. The
+variable names are the ones the factory's shell dispatcher used, so the
+reconciler is a drop-in replacement (see ``shared/docs/INTERFACE.md``).
+
+No other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_SECRETS = ("CLAWHUB_TOKEN", "GITHUB_TOKEN", "CODEBERG_TOKEN", "DEPLOY_KEY", "NPM_TOKEN", "DOCKER_HUB_TOKEN")
+DEFAULT_MOUNTS = ("ssh", "gpg", "sops")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class NomadSettings:
+    addr: str = "http://127.0.0.1:4646"
+    token: str | None = None
+    namespace: str = "default"
+    region: str | None = None
+    runner_job: str = "vault-runner"
+    sidecar_job: str = "sidecar"
+    timeout: float = 10.0
+    """Seconds a single (non-blocking) HTTP call may take."""
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str = "http://127.0.0.1:8200"
+    token: str | None = None
+    namespace: str | None = None
+    token_role: str = "vault-runner"
+    kv_mount: str = "kv"
+    secret_prefix: str = "disinto/runner"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ForgeSettings:
+    url: str | None = None
+    token: str | None = None
+    admin_token: str | None = None
+    ops_repo: str | None = None
+    repo: str | None = None
+    admin_users: tuple[str, ...] = ("vault-bot", "admin")
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class OpsRepoSettings:
+    root: Path = Path("./ops")
+    remote: str | None = None
+    primary_branch: str = "main"
+    author_name: str = "reconciler"
+    author_email: str = "reconciler@localhost"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    db: Path = Path("./state/reconciler.db")
+
+
+@dataclass(frozen=True)
+class ActionSettings:
+    factory_root: Path | None = None
+    allowed_secrets: tuple[str, ...] = DEFAULT_SECRETS
+    allowed_mounts: tuple[str, ...] = DEFAULT_MOUNTS
+    max_timeout_minutes: int = 24 * 60
+    max_file_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    interval: float = 10.0
+    placement_deadline: int = 600
+    """Seconds a dispatched attempt may wait to start; also the wrap TTL."""
+    max_in_flight: int = 50
+    max_attempts: int = 3
+    """Attempts per run before a placement failure becomes final."""
+    token_grace: int = 300
+    """Seconds added to placement deadline + timeout for the claim token's max TTL."""
+    retry_unknown: bool = False
+    """Whether a vault action whose outcome is unknown (lost node) is retried automatically."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    nomad: NomadSettings = field(default_factory=NomadSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    forge: ForgeSettings = field(default_factory=ForgeSettings)
+    ops: OpsRepoSettings = field(default_factory=OpsRepoSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    actions: ActionSettings = field(default_factory=ActionSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    projects_dir: Path | None = None
+
+    @property
+    def ops_remote(self) -> str | None:
+        """The ops repo's git remote: explicit, or derived from the forge."""
+        if self.ops.remote:
+            return self.ops.remote
+        if self.forge.url and self.forge.ops_repo:
+            return f"{self.forge.url.rstrip('/')}/{self.forge.ops_repo}.git"
+        return None
+
+
+# name -> (group, field, converter)
+def _csv(v: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in str(v).split(",") if p.strip())
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _positive_int(v: Any) -> int:
+    n = int(v)
+    if n <= 0:
+        raise ValueError(f"must be a positive integer, got {v!r}")
+    return n
+
+
+def _positive_float(v: Any) -> float:
+    n = float(v)
+    if n <= 0:
+        raise ValueError(f"must be a positive number, got {v!r}")
+    return n
+
+
+def _list_or_csv(v: Any) -> tuple[str, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(str(x) for x in v)
+    return _csv(v)
+
+
+_KEYS: dict[str, tuple[str | None, str, Any]] = {
+    "NOMAD_ADDR": ("nomad", "addr", str),
+    "NOMAD_TOKEN": ("nomad", "token", str),
+    "NOMAD_NAMESPACE": ("nomad", "namespace", str),
+    "NOMAD_REGION": ("nomad", "region", str),
+    "RECONCILER_RUNNER_JOB": ("nomad", "runner_job", str),
+    "RECONCILER_SIDECAR_JOB": ("nomad", "sidecar_job", str),
+    "VAULT_ADDR": ("vault", "addr", str),
+    "VAULT_TOKEN": ("vault", "token", str),
+    "VAULT_NAMESPACE": ("vault", "namespace", str),
+    "RECONCILER_TOKEN_ROLE": ("vault", "token_role", str),
+    "FORGE_URL": ("forge", "url", str),
+    "FORGE_TOKEN": ("forge", "token", str),
+    "FORGE_ADMIN_TOKEN": ("forge", "admin_token", str),
+    "FORGE_OPS_REPO": ("forge", "ops_repo", str),
+    "FORGE_REPO": ("forge", "repo", str),
+    "FORGE_ADMIN_USERS": ("forge", "admin_users", _list_or_csv),
+    "OPS_REPO_ROOT": ("ops", "root", Path),
+    "OPS_REPO_REMOTE": ("ops", "remote", str),
+    "PRIMARY_BRANCH": ("ops", "primary_branch", str),
+    "FACTORY_ROOT": ("actions", "factory_root", Path),
+    "RECONCILER_ALLOWED_SECRETS": ("actions", "allowed_secrets", _list_or_csv),
+    "RECONCILER_ALLOWED_MOUNTS": ("actions", "allowed_mounts", _list_or_csv),
+    "RECONCILER_MAX_TIMEOUT_MINUTES": ("actions", "max_timeout_minutes", _positive_int),
+    "PROJECTS_DIR": (None, "projects_dir", Path),
+    "RECONCILER_DB": ("store", "db", Path),
+    "RECONCILER_INTERVAL": ("loop", "interval", _positive_float),
+    "RECONCILER_PLACEMENT_DEADLINE": ("loop", "placement_deadline", _positive_int),
+    "RECONCILER_MAX_IN_FLIGHT": ("loop", "max_in_flight", _positive_int),
+    "RECONCILER_MAX_ATTEMPTS": ("loop", "max_attempts", _positive_int),
+    "RECONCILER_TOKEN_GRACE": ("loop", "token_grace", _positive_int),
+    "RECONCILER_RETRY_UNKNOWN": ("loop", "retry_unknown", _bool),
+}
+
+KNOWN_KEYS = tuple(_KEYS)
+
+
+def load(environ: Mapping[str, str], config_file: Path | None = None) -> Settings:
+    """Build settings from a TOML file (optional) and the environment (wins)."""
+    values: dict[str, Any] = {}
+    path = config_file or (Path(environ["RECONCILER_CONFIG"]) if environ.get("RECONCILER_CONFIG") else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist; fix --config or RECONCILER_CONFIG") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            upper = key.upper()
+            if upper not in _KEYS:
+                raise SettingsError(
+                    f"config file {path}: unknown key {key!r}; known keys: {', '.join(k.lower() for k in _KEYS)}"
+                )
+            values[upper] = value
+    for key in _KEYS:
+        if key in environ and environ[key] != "":
+            values[key] = environ[key]
+
+    groups: dict[str, dict[str, Any]] = {g: {} for g in ("nomad", "vault", "forge", "ops", "store", "actions", "loop")}
+    top: dict[str, Any] = {}
+    for key, raw in values.items():
+        group, name, conv = _KEYS[key]
+        try:
+            value = conv(raw)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{key}={raw!r} is not valid: {exc}") from None
+        (groups[group] if group else top)[name] = value
+
+    forge = groups["forge"]
+    if "admin_token" not in forge and "token" in forge:
+        forge["admin_token"] = forge["token"]
+    return Settings(
+        nomad=NomadSettings(**groups["nomad"]),
+        vault=VaultSettings(**groups["vault"]),
+        forge=ForgeSettings(**forge),
+        ops=OpsRepoSettings(**groups["ops"]),
+        store=StoreSettings(**groups["store"]),
+        actions=ActionSettings(**groups["actions"]),
+        loop=LoopSettings(**groups["loop"]),
+        **top,
+    )
+
+
+__all__ = [
+    "Settings",
+    "NomadSettings",
+    "VaultSettings",
+    "ForgeSettings",
+    "OpsRepoSettings",
+    "StoreSettings",
+    "ActionSettings",
+    "LoopSettings",
+    "SettingsError",
+    "load",
+    "replace",
+]
