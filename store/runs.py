@@ -1,0 +1,300 @@
+"""The run store: SQLite through sqlite-utils.
+
+One row per run (``runs``) and an append-only journal (``journal``). A state
+change and its journal entry are written in one transaction, guarded by the
+state machine and by the state the caller believed the run was in, so two
+writers can never move a run along an edge that does not exist.
+
+The schema is versioned (table ``schema_version``); an older file is migrated
+when it is opened, a newer one is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import sqlite_utils
+
+from states.machine import ACTIVE, IN_FLIGHT, State, Transition, next_state
+
+from .models import JournalEntry, RunRecord
+
+SCHEMA_VERSION = 1
+
+Clock = Callable[[], float]
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix time as RFC 3339 UTC with second precision."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str) -> float:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why and what to do."""
+
+
+class StaleState(StoreError):
+    """The run was not in the state the caller expected: someone else moved it."""
+
+
+_RUN_COLUMNS: dict[str, type] = {
+    name: (int if name in ("attempt", "exit_code", "issue", "pull_number", "timeout_minutes", "failures") else str)
+    for name in RunRecord.model_fields
+}
+
+
+def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
+    db["runs"].create(_RUN_COLUMNS, pk="id", not_null={"kind", "state"})
+    db["runs"].create_index(["state"])
+    db["runs"].create_index(["action_id"])
+    db["runs"].create_index(["issue", "kind"])
+    db["journal"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "at": str,
+            "from_state": str,
+            "to_state": str,
+            "transition": str,
+            "reason": str,
+            "details": str,
+        },
+        pk="id",
+    )
+    db["journal"].create_index(["run_id"])
+    db["kv"].create({"key": str, "value": str}, pk="key")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_0_to_1}
+
+
+class RunStore:
+    """Runs and their journal, in one SQLite file."""
+
+    def __init__(self, path: Path | str, clock: Clock) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        if str(path) != ":memory:":
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for RECONCILER_DB={path}: {exc}") from None
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"RECONCILER_DB={path} is not a usable SQLite file: {exc}") from None
+        self._conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    # -- schema ---------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._lock:
+            if "schema_version" not in self.db.table_names():
+                self.db["schema_version"].create({"version": int})
+                self.db["schema_version"].insert({"version": 0})
+            version = int(self.db.execute("select max(version) from schema_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"RECONCILER_DB={self.path} has schema version {version}, newer than this reconciler "
+                    f"understands ({SCHEMA_VERSION}); upgrade the reconciler or point RECONCILER_DB elsewhere"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                with self._tx():
+                    MIGRATIONS[target](self.db)
+                    self.db.execute("update schema_version set version = ?", [target])
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("select max(version) from schema_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction under the store's lock; nested blocks become savepoints."""
+        with self._lock, self.db.atomic():
+            yield
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def now(self) -> str:
+        return rfc3339(self._clock())
+
+    # -- reads ----------------------------------------------------------------
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            rows = list(self.db.query("select * from runs where id = ?", [run_id]))
+        return RunRecord.from_row(rows[0]) if rows else None
+
+    def find(self, ref: str) -> RunRecord | None:
+        """A run by run id, action id (its newest run) or ``issue:<n>:<kind>`` (newest)."""
+        run = self.get(ref)
+        if run is not None:
+            return run
+        with self._lock:
+            if ref.startswith("issue:"):
+                parts = ref.split(":")
+                if len(parts) >= 3 and parts[1].isdigit():
+                    rows = list(
+                        self.db.query(
+                            "select * from runs where issue = ? and kind = ? order by created_at desc, rowid desc limit 1",
+                            [int(parts[1]), parts[2]],
+                        )
+                    )
+                    return RunRecord.from_row(rows[0]) if rows else None
+                return None
+            rows = list(
+                self.db.query(
+                    "select * from runs where action_id = ? order by created_at desc, rowid desc limit 1", [ref]
+                )
+            )
+        return RunRecord.from_row(rows[0]) if rows else None
+
+    def runs(self, states: Iterable[State] | None = None) -> list[RunRecord]:
+        with self._lock:
+            if states is None:
+                rows = list(self.db.query("select * from runs order by created_at, rowid"))
+            else:
+                values = [State(s).value for s in states]
+                marks = ",".join("?" * len(values))
+                rows = list(self.db.query(f"select * from runs where state in ({marks}) order by created_at, rowid", values))
+        return [RunRecord.from_row(r) for r in rows]
+
+    def active(self) -> list[RunRecord]:
+        return self.runs(ACTIVE)
+
+    def runs_for_action(self, action_id: str) -> list[RunRecord]:
+        with self._lock:
+            rows = list(self.db.query("select * from runs where action_id = ? order by created_at, rowid", [action_id]))
+        return [RunRecord.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self.db.execute("select state, count(*) from runs group by state").fetchall()
+        return {state: n for state, n in rows}
+
+    def in_flight(self) -> int:
+        values = [s.value for s in IN_FLIGHT]
+        with self._lock:
+            return int(
+                self.db.execute(
+                    f"select count(*) from runs where state in ({','.join('?' * len(values))})", values
+                ).fetchone()[0]
+            )
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        with self._lock:
+            rows = list(self.db.query("select * from journal where run_id = ? order by id", [run_id]))
+        out = []
+        for r in rows:
+            r = dict(r)
+            r["details"] = json.loads(r["details"] or "{}")
+            out.append(JournalEntry(**r))
+        return out
+
+    # -- writes ---------------------------------------------------------------
+    def create(self, record: RunRecord, reason: str, details: dict[str, Any] | None = None) -> RunRecord:
+        """Insert a new run in ``pending`` with its creation journaled; returns the stored run.
+
+        Creating a run that already exists returns the existing one unchanged.
+        """
+        now = self.now()
+        with self._tx():
+            existing = self.get(record.id)
+            if existing is not None:
+                return existing
+            rec = record.model_copy(
+                update={"state": State.PENDING, "state_since": now, "created_at": now, "updated_at": now}
+            )
+            self.db["runs"].insert(rec.to_row())
+            self._append(rec.id, now, None, State.PENDING.value, "create", reason, details or {})
+        return rec
+
+    def transition(
+        self,
+        run_id: str,
+        transition: Transition | str,
+        *,
+        expect: State | str,
+        reason: str = "",
+        changes: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Move a run along one edge of the state machine, journaled, in one transaction.
+
+        ``expect`` is the state the caller read; if the run has moved since,
+        :class:`StaleState` is raised and nothing is written.
+        """
+        trig = Transition(transition)
+        now = self.now()
+        with self._tx():
+            run = self.get(run_id)
+            if run is None:
+                raise StoreError(f"no run {run_id!r}")
+            if State(run.state) != State(expect):
+                raise StaleState(f"run {run_id} is {run.state}, not {State(expect).value}; someone else moved it")
+            dest = next_state(run.state, trig)
+            update = dict(changes or {})
+            update.update({"state": dest, "updated_at": now})
+            if dest != State(run.state) or trig in (Transition.REBIND,):
+                update["state_since"] = now
+            new = run.model_copy(update=update)
+            self.db["runs"].update(run_id, new.to_row())
+            self._append(run_id, now, State(run.state).value, dest.value, trig.value, reason, details or {})
+        return new
+
+    def update(self, run_id: str, changes: dict[str, Any], *, note: str | None = None, details: dict[str, Any] | None = None) -> RunRecord:
+        """Change fields of a run without changing its state (intents, requeues, waiting reasons)."""
+        if "state" in changes:
+            raise StoreError("state changes go through transition()")
+        now = self.now()
+        with self._tx():
+            run = self.get(run_id)
+            if run is None:
+                raise StoreError(f"no run {run_id!r}")
+            new = run.model_copy(update={**changes, "updated_at": now})
+            row = new.to_row()
+            self.db["runs"].update(run_id, {k: row[k] for k in list(changes) + ["updated_at"]})
+            if note:
+                self._append(run_id, now, State(run.state).value, State(run.state).value, "note", note, details or {})
+        return new
+
+    def _append(
+        self, run_id: str, at: str, from_state: str | None, to_state: str, transition: str, reason: str, details: dict[str, Any]
+    ) -> None:
+        self.db["journal"].insert(
+            {
+                "run_id": run_id,
+                "at": at,
+                "from_state": from_state,
+                "to_state": to_state,
+                "transition": transition,
+                "reason": reason,
+                "details": json.dumps(details, sort_keys=True, default=str),
+            }
+        )
+
+    # -- small durable facts (last seen head, leadership...) -----------------
+    def get_value(self, key: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("select value from kv where key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_value(self, key: str, value: str) -> None:
+        with self._tx():
+            self.db["kv"].upsert({"key": key, "value": value}, pk="key")

@@ -1,0 +1,108 @@
+"""The run store: rows, journal, transactions, migrations."""
+
+import sqlite3
+
+import pytest
+
+from states.machine import IllegalTransition, State
+from store.models import RunRecord
+from store.runs import SCHEMA_VERSION, RunStore, StaleState, StoreError
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_800_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "state" / "r.db", Clock())
+
+
+def test_create_is_idempotent_and_journaled(store):
+    store.create(RunRecord(id="a@1", action_id="a", secrets=["GITHUB_TOKEN"]), "seen")
+    again = store.create(RunRecord(id="a@1", action_id="a"), "seen again")
+    assert again.secrets == ["GITHUB_TOKEN"]
+    events = store.journal("a@1")
+    assert [(e.from_state, e.to_state, e.transition) for e in events] == [(None, "pending", "create")]
+
+
+def test_transition_writes_row_and_journal_together(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    run = store.transition("a@1", "bind", expect="pending", reason="ok", changes={"attempt": 1, "token_accessor": "acc"})
+    assert run.state == State.POLICY_BOUND and run.attempt == 1
+    stored = store.get("a@1")
+    assert stored.state == State.POLICY_BOUND and stored.token_accessor == "acc"
+    assert [e.transition for e in store.journal("a@1")] == ["create", "bind"]
+
+
+def test_illegal_transition_writes_nothing(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    with pytest.raises(IllegalTransition):
+        store.transition("a@1", "start", expect="pending", changes={"alloc_id": "x"})
+    assert store.get("a@1").alloc_id is None
+    assert len(store.journal("a@1")) == 1
+
+
+def test_stale_expectation_is_refused(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    store.transition("a@1", "reject", expect="pending", reason="bad")
+    with pytest.raises(StaleState):
+        store.transition("a@1", "bind", expect="pending")
+    assert store.get("a@1").state == State.REJECTED
+
+
+def test_find_by_action_and_issue(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    store.create(RunRecord(id="issue:7:triage:1", kind="triage", issue=7), "seen")
+    assert store.find("a").id == "a@1"
+    assert store.find("issue:7:triage").id == "issue:7:triage:1"
+    assert store.find("nope") is None
+
+
+def test_counts_and_in_flight(store):
+    for i in range(3):
+        store.create(RunRecord(id=f"a{i}@1", action_id=f"a{i}"), "seen")
+    store.transition("a0@1", "bind", expect="pending")
+    assert store.counts() == {"pending": 2, "policy-bound": 1}
+    assert store.in_flight() == 1
+
+
+def test_survives_reopen(tmp_path):
+    path = tmp_path / "r.db"
+    s = RunStore(path, Clock())
+    s.create(RunRecord(id="a@1", action_id="a"), "seen")
+    s.transition("a@1", "bind", expect="pending")
+    s.close()
+    s2 = RunStore(path, Clock())
+    assert s2.get("a@1").state == State.POLICY_BOUND
+    assert s2.schema_version == SCHEMA_VERSION
+
+
+def test_old_unversioned_file_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).execute("create table unrelated (x int)").connection.commit()
+    s = RunStore(path, Clock())
+    assert s.schema_version == SCHEMA_VERSION
+    assert {"runs", "journal"} <= set(s.db.table_names())
+
+
+def test_newer_schema_is_refused_with_advice(tmp_path):
+    path = tmp_path / "new.db"
+    RunStore(path, Clock()).close()
+    conn = sqlite3.connect(path)
+    conn.execute("update schema_version set version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this reconciler"):
+        RunStore(path, Clock())
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite file"):
+        RunStore(path, Clock())
