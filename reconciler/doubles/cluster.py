@@ -1,0 +1,230 @@
+"""A whole factory on one laptop: the three doubles, a real bare ops repo, a factory root.
+
+Used by ``reconciler demo``, by the end-to-end tests and by the benchmark, so
+all three exercise the same setup:
+
+* a Vault double configured as the factory configures Vault (runner policies,
+  the ``vault-runner`` token role, secrets, a dispatcher token for the reconciler);
+* a Forgejo double serving ``factory/ops`` from a real bare repository reached
+  by ``file://``; users ``admin`` (site admin), ``alice`` (author), ``bob``
+  (not an admin) and ``reconciler`` (the reconciler's own user);
+* a Nomad double whose ``vault-runner`` parent job is registered from
+  ``jobspecs/vault-runner.hcl`` itself; in ``exec`` mode it runs the real
+  runner entry step as a local process for each allocation;
+* a factory root with the formulas of ``shared/fixtures`` (or the project's
+  own copy under ``reconciler/demo``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.doubles.forge import ForgeDouble
+from reconciler.doubles.nomad import NomadDouble
+from reconciler.doubles.vault import VaultDouble, configure_factory
+from reconciler.settings import (
+    ActionSettings,
+    ForgeSettings,
+    LoopSettings,
+    NomadSettings,
+    OpsRepoSettings,
+    Settings,
+    StoreSettings,
+    VaultSettings,
+)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+JOBSPECS = Path(__file__).resolve().parent.parent.parent / "jobspecs"
+DEMO_DATA = PACKAGE_ROOT / "demo"
+OPS_REPO = "factory/ops"
+NAMESPACE = "runners"
+
+DEMO_SECRETS = {
+    "GITHUB_TOKEN": "ghp_demoDEMOdemoDEMOdemoDEMOdemoDEMOdemo1",
+    "CODEBERG_TOKEN": "codeberg-demo-token-7c1f0a",
+    "DEPLOY_KEY": "deploy-key-demo-5e2b9d41",
+    "DOCKER_HUB_TOKEN": "dckr_pat_demoDemoDemoDemo123",
+    "NPM_TOKEN": "npm_demoDEMOdemoDEMOdemoDEMOdemoDEMOdemo",
+    "CLAWHUB_TOKEN": "clawhub-demo-token-19af",
+}
+DEMO_MOUNTS = {
+    "ssh": {"id_ed25519": "-----BEGIN OPENSSH PRIVATE KEY-----\ndemo-key-material-not-real\n-----END OPENSSH PRIVATE KEY-----\n"},
+    "gpg": {"private.asc": "-----BEGIN PGP PRIVATE KEY BLOCK-----\ndemo\n-----END PGP PRIVATE KEY BLOCK-----\n"},
+    "sops": {"age.key": "AGE-SECRET-KEY-1DEMODEMODEMODEMO"},
+}
+
+
+def jobspec_path(name: str = "vault-runner.hcl") -> Path:
+    here = JOBSPECS / name
+    if here.exists():
+        return here
+    import jobspecs
+
+    return Path(jobspecs.__file__).resolve().parent / name
+
+
+def fixtures_dir() -> Path:
+    """The project's own copy of ``shared/fixtures`` (``reconciler/demo``), else ``shared/fixtures`` beside the checkout."""
+    for candidate in (DEMO_DATA, PACKAGE_ROOT.parent.parent / "shared" / "fixtures"):
+        if (candidate / "formulas").is_dir():
+            return candidate
+    raise FileNotFoundError("no fixtures: neither ../shared/fixtures nor reconciler/demo holds formulas/")
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class LocalCluster:
+    """Doubles, repos and folders for one local factory; ``start()`` then ``settings()``."""
+
+    workdir: Path
+    nomad_mode: str = "exec"
+    capacity: int | None = None
+    secrets: dict[str, str] = field(default_factory=lambda: dict(DEMO_SECRETS))
+    mounts: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEMO_MOUNTS))
+    gc_after: float | None = None
+    vault: VaultDouble = field(init=False)
+    forge: ForgeDouble = field(init=False)
+    nomad: NomadDouble = field(init=False)
+    dispatcher_token: str = field(init=False, default="")
+    forge_token: str = field(init=False, default="")
+    admin_token: str = field(init=False, default="")
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "LocalCluster":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.factory_root = self.workdir / "factory"
+        self._prepare_factory_root()
+        self.vault = VaultDouble().start()
+        self.dispatcher_token = configure_factory(self.vault, self.secrets, self.mounts)
+        self.forge = ForgeDouble().start()
+        self.admin_token = self.forge.add_user("admin", is_admin=True)
+        self.forge.add_user("alice")
+        self.forge.add_user("bob")
+        self.forge_token = self.forge.add_user("reconciler")
+        self.bare = self.workdir / "ops.git"
+        self.forge.add_repo(OPS_REPO, self.bare)
+        fixtures = fixtures_dir()
+        policy = (fixtures / "ops-repo" / "vault" / "policy.toml").read_bytes()
+        self.merge_files({"vault/policy.toml": policy, "README.md": b"# ops repo (demo)\n"}, title="tiers")
+        self.nomad = NomadDouble(mode=self.nomad_mode, capacity=self.capacity, gc_after=self.gc_after,
+                                 workdir=self.workdir / "nomad", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        self.nomad.start()
+        self.nomad.register_jobspec(
+            jobspec_path(),
+            variables={
+                "vault_addr": self.vault.address,
+                "factory_root": str(self.factory_root),
+                "agent_command": f"{sys.executable} -m reconciler.doubles.demo_agent",
+                "namespace": NAMESPACE,
+            },
+        )
+        return self
+
+    def stop(self) -> None:
+        for double in ("nomad", "forge", "vault"):
+            d = getattr(self, double, None)
+            if d is not None:
+                try:
+                    d.stop()
+                except Exception:
+                    pass
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _prepare_factory_root(self) -> None:
+        src = fixtures_dir() / "formulas"
+        dest = self.factory_root / "formulas"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+
+    # -- the reconciler's view --------------------------------------------------
+    def settings(self, *, db: Path | None = None, ops_root: Path | None = None, **loop: Any) -> Settings:
+        loop_defaults = {"interval": 0.5, "placement_deadline": 600, "max_in_flight": 50}
+        loop_defaults.update(loop)
+        return Settings(
+            nomad=NomadSettings(addr=self.nomad.address, namespace=NAMESPACE),
+            vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token),
+            forge=ForgeSettings(
+                url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
+                ops_repo=OPS_REPO, admin_users=("vault-bot", "admin"),
+            ),
+            ops=OpsRepoSettings(root=ops_root or self.workdir / "ops-clone", remote=self.bare.resolve().as_uri()),
+            store=StoreSettings(db=db or self.workdir / "state" / "reconciler.db"),
+            actions=ActionSettings(factory_root=self.factory_root),
+            loop=LoopSettings(**loop_defaults),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The same settings as environment variables, for running the CLI."""
+        s = self.settings()
+        return {
+            "NOMAD_ADDR": s.nomad.addr,
+            "NOMAD_NAMESPACE": s.nomad.namespace,
+            "VAULT_ADDR": s.vault.addr,
+            "VAULT_TOKEN": s.vault.token or "",
+            "FORGE_URL": s.forge.url or "",
+            "FORGE_TOKEN": s.forge.token or "",
+            "FORGE_ADMIN_TOKEN": s.forge.admin_token or "",
+            "FORGE_OPS_REPO": OPS_REPO,
+            "OPS_REPO_ROOT": str(s.ops.root),
+            "OPS_REPO_REMOTE": s.ops.remote or "",
+            "FACTORY_ROOT": str(self.factory_root),
+            "RECONCILER_DB": str(s.store.db),
+            "RECONCILER_INTERVAL": "0.5",
+        }
+
+    # -- desired state through the forge ----------------------------------------
+    def merge_files(
+        self,
+        files: dict[str, bytes | None],
+        *,
+        title: str = "change",
+        author: str = "alice",
+        approver: str | None = "admin",
+        merger: str = "admin",
+        review_state: str = "APPROVED",
+    ) -> tuple[int, str]:
+        """Open a pull request with ``files``, review it, merge it: ``(number, merge sha)``."""
+        number = self.forge.open_pull(OPS_REPO, author=author, title=title, files=files)
+        if approver:
+            self.forge.review(OPS_REPO, number, user=approver, state=review_state)
+        sha = self.forge.merge(OPS_REPO, number, merger=merger)
+        return number, sha
+
+    def merge_action(self, action_id: str, toml: bytes | str, **kw: Any) -> tuple[int, str]:
+        data = toml.encode() if isinstance(toml, str) else toml
+        return self.merge_files({f"vault/actions/{action_id}.toml": data}, title=f"vault action {action_id}", **kw)
+
+    def sample_actions(self) -> dict[str, bytes]:
+        folder = fixtures_dir() / "ops-repo" / "vault" / "actions"
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.toml"))}
+
+    def remote_file(self, path: str) -> bytes | None:
+        try:
+            out = subprocess.run(
+                ["git", "--git-dir", str(self.bare), "show", f"main:{path}"], capture_output=True, check=True
+            ).stdout
+        except subprocess.CalledProcessError:
+            return None
+        return out
+
+    def remote_log(self, path: str | None = None) -> list[str]:
+        args = ["--git-dir", str(self.bare), "log", "--format=%H %s", "main"]
+        if path:
+            args += ["--", path]
+        return [line for line in _git(*args).splitlines() if line]

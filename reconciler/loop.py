@@ -1,0 +1,185 @@
+"""The reconcile loop: level-triggered passes over desired state and reality.
+
+A pass:
+
+1. fetches the ops repo and, when its head moved, updates the runs from the
+   action files (``desired.scan``);
+2. advances every active run by one idempotent step (``steps.STEPS``), many at
+   once on a thread pool - a 45-minute action never delays another;
+3. reports every run whose outcome is known, in one push (``publish``).
+
+Transient errors leave a run where it is with a persisted ``next_try_at`` and
+a visible ``waiting`` reason; a failing system slows only the runs that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from reconciler import desired, publish
+from reconciler.clients.errors import PermanentError, TransientError
+from reconciler.context import Context, run_log
+from reconciler.steps import STEPS
+from states.machine import ACTIVE, State
+from store.models import RunRecord
+from store.runs import StaleState, parse_rfc3339
+
+log = logging.getLogger("reconciler.loop")
+
+
+@dataclass
+class PassSummary:
+    head: str | None = None
+    created: int = 0
+    stepped: int = 0
+    reported: int = 0
+    errors: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+
+class Reconciler:
+    """Runs passes; ``serve`` repeats them until told to stop."""
+
+    def __init__(self, ctx: Context, *, workers: int = 16, sleep: Callable[[float], None] | None = None) -> None:
+        self.ctx = ctx
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
+        self._wake = threading.Event()
+        self._sleep = sleep
+        self._ready = False
+        self._repush: list[str] = []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- one pass ---------------------------------------------------------------
+    def run_pass(self) -> PassSummary:
+        ctx = self.ctx
+        started = time.monotonic()
+        summary = PassSummary()
+        try:
+            if not self._ready:
+                ctx.ops.ensure_ready()
+                self._ready = True
+            head = ctx.ops.fetch()
+            ctx.head = head
+            summary.head = head
+            scan = desired.scan(ctx, head)
+            summary.created = len(scan.created)
+            self._repush.extend(scan.results_missing)
+        except (TransientError, PermanentError) as exc:
+            summary.errors.append(f"ops repo: {exc}")
+            log.warning("ops repo unavailable, watching runs only: %s", exc)
+
+        now = ctx.now()
+        due = [r for r in ctx.store.runs(ACTIVE) if State(r.state) in STEPS and _due(r, now)]
+        # Runs that already hold a claim go first, so pending ones cannot starve them.
+        due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
+        if ctx.head is None:
+            due = [r for r in due if State(r.state) != State.PENDING]
+        futures = [self._pool.submit(self._step, r) for r in due]
+        for f in futures:
+            err = f.result()
+            if err:
+                summary.errors.append(err)
+        summary.stepped = len(due)
+        if ctx.head is not None:
+            try:
+                reported = publish.report_ready(ctx, self._repush)
+                self._repush = []
+                summary.reported = len(reported)
+            except (TransientError, PermanentError) as exc:
+                summary.errors.append(f"report: {exc}")
+        summary.duration = time.monotonic() - started
+        return summary
+
+    def _step(self, run: RecordLike) -> str | None:
+        ctx = self.ctx
+        step = STEPS[State(run.state)]
+        try:
+            current = run
+            for _ in range(3):  # follow quick progress (pending -> bound -> dispatched) in one pass
+                before = State(current.state)
+                current = step(ctx, current)
+                after = State(current.state)
+                if after == before or after not in STEPS or after in (State.DISPATCHED,):
+                    break
+                step = STEPS[after]
+            return None
+        except StaleState:
+            return None
+        except TransientError as exc:
+            fresh = ctx.store.get(run.id) or run
+            delay = exc.delay if exc.delay is not None else ctx.backoff(fresh)
+            why = f"{exc.system or 'dependency'} unavailable: {exc}"
+            ctx.store.update(
+                run.id,
+                {"waiting": why, "failures": fresh.failures + 1, "next_try_at": ctx.stamp(ctx.now() + delay)},
+            )
+            run_log(run).warning("transient: %s (next try in %.0f s)", why, delay)
+            return f"{run.id}: {why}"
+        except PermanentError as exc:
+            fresh = ctx.store.get(run.id) or run
+            why = f"{exc.system or 'dependency'} refused: {exc}"
+            ctx.store.update(run.id, {"waiting": why, "failures": fresh.failures + 1, "next_try_at": ctx.stamp(ctx.now() + 60)})
+            run_log(run).error("permanent error, will look again in 60 s: %s", why)
+            return f"{run.id}: {why}"
+        except Exception as exc:  # a bug must not stop other runs
+            log.exception("step of run %s failed", run.id)
+            try:
+                ctx.store.update(run.id, {"waiting": f"internal error: {type(exc).__name__}: {exc}", "next_try_at": ctx.stamp(ctx.now() + 30)})
+            except Exception:
+                pass
+            return f"{run.id}: internal error {exc}"
+
+    # -- many passes --------------------------------------------------------------
+    def serve(self, stop: threading.Event, *, until_idle: bool = False, timeout: float | None = None) -> bool:
+        """Run passes until ``stop`` is set (or, with ``until_idle``, no run is active).
+
+        Returns False when ``timeout`` ran out first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.ctx.settings.loop.interval
+        while not stop.is_set():
+            summary = self.run_pass()
+            active = self.ctx.store.runs(ACTIVE)
+            if until_idle and not active:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            wait = interval
+            if active:
+                wait = min(interval, self._next_due(active))
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            log.debug("pass done in %.3f s: %s; next in %.2f s", summary.duration, summary, wait)
+            self._wake.wait(wait)
+            self._wake.clear()
+        return True
+
+    def _next_due(self, active: list[RunRecord]) -> float:
+        now = self.ctx.now()
+        soonest = 0.5
+        for r in active:
+            if r.next_try_at:
+                soonest = min(soonest, max(0.05, parse_rfc3339(r.next_try_at) - now))
+        return max(0.1, min(soonest, 0.5))
+
+
+RecordLike = RunRecord
+
+
+def _due(run: RunRecord, now: float) -> bool:
+    if not run.next_try_at:
+        return True
+    try:
+        return parse_rfc3339(run.next_try_at) <= now
+    except ValueError:
+        return True

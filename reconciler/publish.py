@@ -1,0 +1,108 @@
+"""Reporting: results of runs whose outcome is known go to the ops repo, together.
+
+Every run in ``collected``, ``rejected`` or ``cancelled`` gets its result file
+built from the stored run; all of them share one commit and one push (the ops
+repo client rebuilds the commit on the new head when a push races). A run
+whose result is already upstream, identical, is adopted. Then each run moves to
+``reported`` with the commit recorded.
+
+A run without a safe result name (the file name gave no valid id), and runs
+cancelled automatically because their file left or changed on main, are
+reported without a result file: their journal is the record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.clients.errors import PermanentError, TransientError
+from reconciler.context import Context, run_log
+from reconciler.report import encode, result_document
+from reconciler.steps import revoke_claim
+from states.machine import AWAITING_REPORT, State, Transition
+from store.models import RunRecord
+from store.runs import StaleState
+
+REPORTED_DOC_KEY = "result.doc."
+
+
+def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[str]:
+    """Push the results of every run awaiting report; returns the run ids reported."""
+    runs = [r for r in ctx.store.runs(AWAITING_REPORT) if r.kind == "vault-action"]
+    reported: list[str] = []
+    files: dict[str, bytes] = {}
+    owners: dict[str, RunRecord] = {}
+    for run in runs:
+        _settle_effects(ctx, run)
+        if not run.result_path:
+            _report(ctx, run, None, "reported without a result file (journal only)")
+            reported.append(run.id)
+            continue
+        previous = owners.get(run.result_path)
+        if previous is None or previous.created_at <= run.created_at:
+            owners[run.result_path] = run
+    docs: dict[str, dict[str, Any]] = {}
+    for path, run in owners.items():
+        doc = result_document(run, timestamp=run.finished_at or run.state_since or ctx.stamp())
+        docs[run.id] = doc
+        files[path] = encode(doc)
+    for run_id in extra_repush or []:
+        run = ctx.store.get(run_id)
+        stored = ctx.store.get_value(REPORTED_DOC_KEY + run_id)
+        if run is not None and run.result_path and stored and run.result_path not in files:
+            files[run.result_path] = stored.encode("utf-8")
+    if not files:
+        return reported
+    message = "reconciler: results\n\n" + "\n".join(
+        f"{r.action_id}: {docs[r.id]['outcome']} (run {r.id}, attempt {r.attempt})" for r in owners.values()
+    )
+    try:
+        outcome = ctx.ops.push_files(files, message)
+    except (TransientError, PermanentError) as exc:
+        why = f"reported locally, push to ops remote failing: {exc}"
+        for run in owners.values():
+            ctx.store.update(run.id, {"waiting": why, "failures": run.failures + 1})
+            run_log(run).warning("%s", why)
+        return reported
+    commit = getattr(outcome, "commit", None) or ""
+    for path, run in owners.items():
+        doc = docs[run.id]
+        ctx.store.set_value(REPORTED_DOC_KEY + run.id, encode(doc).decode("utf-8"))
+        note = "already upstream" if path in (getattr(outcome, "already_upstream", None) or []) else "pushed"
+        _report(ctx, run, commit, f"result {note}: {path} ({doc['outcome']}, exit {doc['exit_code']})")
+        reported.append(run.id)
+    # Runs superseded by a newer run for the same result path are reported without their own file.
+    for run in runs:
+        if run.result_path and owners.get(run.result_path) is not run and run.id not in reported:
+            _report(ctx, run, None, "superseded by a newer run of the same action; no result file of its own")
+            reported.append(run.id)
+    return reported
+
+
+def _settle_effects(ctx: Context, run: RunRecord) -> None:
+    """Make sure a finished run holds nothing: its child stopped (cancelled) and its claim revoked."""
+    if State(run.state) == State.CANCELLED and run.nomad_job_id:
+        ctx.nomad.stop(run.nomad_job_id)
+    if run.token_accessor or run.wrapping_accessor or run.id in ctx.claims:
+        revoke_claim(ctx, run)
+
+
+def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> None:
+    try:
+        ctx.store.transition(
+            run.id,
+            Transition.REPORT,
+            expect=run.state,
+            reason=reason,
+            changes={"reported_commit": commit, "waiting": None, "next_try_at": None, "failures": 0},
+            details={"commit": commit} if commit else {},
+        )
+        run_log(run).info("report: %s", reason)
+    except StaleState:
+        pass
+
+
+def stored_document(ctx: Context, run_id: str) -> dict[str, Any] | None:
+    raw = ctx.store.get_value(REPORTED_DOC_KEY + run_id)
+    return json.loads(raw) if raw else None

@@ -1,0 +1,443 @@
+"""One idempotent step per run state: observe, decide, execute.
+
+Each step re-reads what it needs (the action file at the current head, Nomad's
+view of the child) and journals a transition *before* anything relies on it:
+what an effect will use (attempt, idempotency token, the fact a dispatch was
+started) is saved before the call, and what it produced (accessors, job id)
+right after, in the transition's own transaction.
+
+A :class:`TransientError` leaves the run where it is with a persisted
+``next_try_at`` (see ``loop``); a permanent problem ends the run with its
+reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import posixpath
+import re
+from typing import Any
+
+from reconciler import actions, gate
+from reconciler.clients.errors import PermanentError, TransientError
+from reconciler.context import Claim, Context, run_log
+from reconciler.decide import Decision, decide_watch
+from reconciler.gate_reader import GateReaderAdapter
+from reconciler.redact import redacted_tail
+from states.machine import State, Transition
+from store.models import RunRecord
+from store.runs import StaleState, parse_rfc3339
+
+RUNNER_TASK = "runner"
+TOKEN_CREATION_ROLE_PATH = "auth/token/create/{role}"
+POLICY_PREFIX = "runner-"
+MOUNT_POLICY_PREFIX = "runner-mount-"
+CLAIM_ONLY_POLICY = "runner-claim"
+LOG_LIMIT = 1000
+#: Rebind a claim whose wrapping token has less than this many seconds left.
+CLAIM_MARGIN = 15.0
+
+
+class StepError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- pending
+def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
+    """Validate, authorize, check secrets, mint the claim: ``bind`` or ``reject``."""
+    head = ctx.head
+    if head is None or not run.path:
+        return _reject(ctx, run, "no file name gives this action a safe id; rejected without a result file")
+    data = ctx.ops.read(head, run.path, max_bytes=ctx.settings.actions.max_file_bytes)
+    if data is None:
+        return _cancel(ctx, run, "the action file left main before dispatch")
+    if hashlib.sha256(data).hexdigest() != run.content_hash:
+        return _cancel(ctx, run, "the action file on main changed; the new content is a new run that needs its own approval")
+    name = posixpath.basename(run.path)
+    try:
+        action = actions.parse_action(name, data, ctx.settings.actions)
+    except actions.ActionInvalid as exc:
+        return _reject(ctx, run, "invalid action: " + "; ".join(exc.problems))
+
+    tier, tiers_note = _tier_for(ctx, action)
+    facts: dict[str, Any] = {
+        "formula": action.formula,
+        "tier": tier,
+        "dispatch_mode": action.dispatch_mode,
+        "secrets": list(action.secrets),
+        "mounts": list(action.mounts),
+        "timeout_minutes": action.timeout_minutes,
+    }
+    try:
+        if action.dispatch_mode == "direct":
+            gate.check_direct(action, tier)
+            facts.update({"approved_via": "direct", "approver": None, "pull_number": None})
+        else:
+            if ctx.forge is None or not ctx.settings.forge.ops_repo:
+                return _wait(
+                    ctx, run, "cannot confirm approval: no forge configured (set FORGE_URL, FORGE_TOKEN, FORGE_OPS_REPO)", 60.0
+                )
+            reader = GateReaderAdapter(ctx.ops, ctx.forge, ctx.settings.forge.ops_repo, head)
+            approval = gate.check_approval(run.path, data, reader, primary_branch=ctx.settings.ops.primary_branch)
+            facts.update({"approved_via": approval.via, "approver": approval.approver, "pull_number": approval.pull_number})
+    except gate.GateRejected as exc:
+        run = ctx.store.update(run.id, facts)
+        return _reject(ctx, run, f"not authorized: {exc}")
+
+    missing = _missing_in_vault(ctx, action)
+    if missing:
+        run = ctx.store.update(run.id, facts)
+        return _reject(ctx, run, "not dispatched: " + "; ".join(missing))
+
+    if not ctx.reserve_slot():
+        return _wait(ctx, run, f"waiting for capacity: {ctx.settings.loop.max_in_flight} runs in flight (RECONCILER_MAX_IN_FLIGHT)", 2.0, facts)
+    try:
+        attempt = run.attempt + 1
+        # Journal what the effect will use before making it.
+        run = ctx.store.update(run.id, {**facts, "attempt": attempt, "idempotency_token": f"{run.id}/{attempt}"})
+        claim = _mint(ctx, run)
+        return _transition(
+            ctx,
+            run,
+            Transition.BIND,
+            reason=f"approved ({facts['approved_via']}{' by ' + str(facts['approver']) if facts.get('approver') else ''}), tier {tier}, "
+            f"secrets present; claim minted for attempt {attempt}" + (f"; {tiers_note}" if tiers_note else ""),
+            changes=_claim_changes(claim) | {"waiting": None, "failures": 0, "next_try_at": None, "error": None},
+            details={"token_accessor": claim.token_accessor, "pull_request": facts.get("pull_number")},
+        )
+    finally:
+        ctx.release_slot()
+
+
+def _tier_for(ctx: Context, action: actions.Action) -> tuple[str, str]:
+    """The action's tier from the tiers file as of its last approved change."""
+    note = ""
+    tiers: dict[str, str] = {}
+    head = ctx.head or ""
+    if ctx.forge is not None and ctx.settings.forge.ops_repo:
+        reader = GateReaderAdapter(ctx.ops, ctx.forge, ctx.settings.forge.ops_repo, head)
+        trusted = gate.trusted_tiers("vault/policy.toml", reader, primary_branch=ctx.settings.ops.primary_branch)
+        if trusted.ignored:
+            note = f"tiers file: {len(trusted.ignored)} unapproved change(s) ignored"
+        content = trusted.content
+    else:
+        content = None
+        note = "tiers file not trusted without a forge: every formula is high tier"
+    if content is not None:
+        try:
+            tiers = actions.parse_tiers(content)
+        except actions.TiersInvalid as exc:
+            note = f"tiers file unusable ({exc}); every formula is high tier"
+    return actions.effective_tier(action.formula, action.blast_radius, tiers), note
+
+
+def _missing_in_vault(ctx: Context, action: actions.Action) -> list[str]:
+    problems: list[str] = []
+    for name in action.secrets:
+        policy = POLICY_PREFIX + name
+        if not ctx.vault.policy_exists(policy):
+            problems.append(f"Vault policy {policy} does not exist (write it: see jobspecs/vault/)")
+        if not ctx.vault.secret_present(name):
+            problems.append(
+                f"secret {name} is missing in Vault (no live version at {ctx.settings.vault.kv_mount}/{ctx.settings.vault.secret_prefix}/{name})"
+            )
+    for alias in action.mounts:
+        policy = MOUNT_POLICY_PREFIX + alias
+        if not ctx.vault.policy_exists(policy):
+            problems.append(f"Vault policy {policy} does not exist")
+        if not ctx.vault.mount_present(alias):
+            problems.append(f"mount {alias} is missing in Vault ({ctx.settings.vault.secret_prefix}/mounts/{alias})")
+    return problems
+
+
+def claim_policies(run: RunRecord) -> list[str]:
+    policies = [POLICY_PREFIX + s for s in run.secrets] + [MOUNT_POLICY_PREFIX + m for m in run.mounts]
+    return policies or [CLAIM_ONLY_POLICY]
+
+
+def _mint(ctx: Context, run: RunRecord) -> Claim:
+    loop = ctx.settings.loop
+    timeout = int(run.timeout_minutes or 60) * 60
+    max_ttl = loop.placement_deadline + timeout + loop.token_grace
+    wrapped = ctx.vault.mint_claim(
+        claim_policies(run),
+        ttl=max_ttl,
+        explicit_max_ttl=max_ttl,
+        wrap_ttl=loop.placement_deadline,
+        meta={"run_id": run.id, "attempt": str(run.attempt), "action_id": run.action_id or ""},
+        display_name=_display_name(run),
+    )
+    claim = Claim(
+        wrapping_token=wrapped.wrapping_token,
+        wrapping_accessor=wrapped.wrapping_accessor,
+        token_accessor=wrapped.token_accessor,
+        expires_at=ctx.now() + loop.placement_deadline,
+    )
+    ctx.claims[run.id] = claim
+    return claim
+
+
+def _display_name(run: RunRecord) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", f"run-{run.action_id or run.id}-{run.attempt}")
+    return base[:60]
+
+
+def _claim_changes(claim: Claim) -> dict[str, Any]:
+    from store.runs import rfc3339
+
+    return {
+        "token_accessor": claim.token_accessor,
+        "wrapping_accessor": claim.wrapping_accessor,
+        "claim_expires_at": rfc3339(claim.expires_at),
+    }
+
+
+def revoke_claim(ctx: Context, run: RunRecord) -> None:
+    """Revoke the attempt's claim token and its wrapping token (idempotent)."""
+    ctx.claims.pop(run.id, None)
+    for accessor in (run.token_accessor, run.wrapping_accessor):
+        if accessor:
+            ctx.vault.revoke_accessor(accessor)
+
+
+# --------------------------------------------------------------------------- policy-bound
+def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
+    """Dispatch the attempt (adopting a child an earlier process may have created)."""
+    parent = ctx.settings.nomad.runner_job
+    claim = ctx.claims.get(run.id)
+    if claim is not None and claim.token_accessor != run.token_accessor:
+        claim = None
+    if claim is None and run.dispatch_started_at:
+        child = _find_child(ctx, parent, run)
+        if child is not None:
+            return _adopt(ctx, run, child)
+    if claim is None or claim.expires_at - ctx.now() < CLAIM_MARGIN:
+        why = "no claim held in memory (restart)" if claim is None else "the claim's wrapping token is about to expire"
+        revoke_claim(ctx, run)
+        claim = _mint(ctx, run)
+        run = _transition(
+            ctx,
+            run,
+            Transition.REBIND,
+            reason=f"{why}: old claim revoked, new claim minted for attempt {run.attempt}",
+            changes=_claim_changes(claim),
+            details={"token_accessor": claim.token_accessor},
+        )
+    meta = {
+        "run_id": run.id,
+        "attempt": str(run.attempt),
+        "action_id": run.action_id or "",
+        "formula": run.formula or "",
+        "timeout_seconds": str(int(run.timeout_minutes or 60) * 60),
+        "wrapped_accessor": claim.token_accessor,
+        "secrets": ",".join(run.secrets),
+        "mounts": ",".join(run.mounts),
+    }
+    payload = json.dumps({"version": 1, "wrapping_token": claim.wrapping_token}).encode()
+    token = run.idempotency_token or f"{run.id}/{run.attempt}"
+    run = ctx.store.update(run.id, {"dispatch_started_at": ctx.stamp(), "idempotency_token": token})
+    try:
+        result = ctx.nomad.dispatch(
+            parent,
+            meta=meta,
+            payload=payload,
+            idempotency_token=token,
+            id_prefix_template=_prefix(run),
+        )
+    except PermanentError as exc:
+        revoke_claim(ctx, run)
+        return _transition(
+            ctx,
+            run,
+            Transition.COLLECT,
+            reason=f"dispatch refused by Nomad: {exc}",
+            changes={"outcome": "failure", "exit_code": 1, "error": f"dispatch refused by Nomad: {exc}"},
+        )
+    job_id = result.job_id
+    child = ctx.nomad.job(job_id)
+    child_accessor = ((child or {}).get("Meta") or {}).get("wrapped_accessor")
+    changes: dict[str, Any] = {"nomad_job_id": job_id, "dispatched_at": ctx.stamp(), "waiting": "waiting for placement"}
+    note = ""
+    if child_accessor and child_accessor != claim.token_accessor:
+        # An earlier process's dispatch with this idempotency token won: adopt it, drop our claim.
+        ctx.vault.revoke_accessor(claim.token_accessor)
+        ctx.vault.revoke_accessor(claim.wrapping_accessor)
+        ctx.claims.pop(run.id, None)
+        changes.update({"token_accessor": child_accessor, "wrapping_accessor": None})
+        note = "; an earlier dispatch of this attempt already existed and was adopted"
+    return _transition(
+        ctx,
+        run,
+        Transition.DISPATCH,
+        reason=f"Nomad holds {job_id} (read back){note}",
+        changes=changes,
+        details={"job_id": job_id, "idempotency_token": token, "eval_id": getattr(result, "eval_id", None)},
+    )
+
+
+def _prefix(run: RunRecord) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", run.action_id or run.id)[:40]
+
+
+def _find_child(ctx: Context, parent: str, run: RunRecord) -> dict[str, Any] | None:
+    for stub in ctx.nomad.children(parent, meta=True):
+        meta = stub.get("Meta") or {}
+        if meta.get("run_id") == run.id and meta.get("attempt") == str(run.attempt):
+            return stub
+    return None
+
+
+def _adopt(ctx: Context, run: RunRecord, child: dict[str, Any]) -> RunRecord:
+    accessor = (child.get("Meta") or {}).get("wrapped_accessor")
+    return _transition(
+        ctx,
+        run,
+        Transition.DISPATCH,
+        reason=f"found {child['ID']} already dispatched for attempt {run.attempt}; adopted",
+        changes={"nomad_job_id": child["ID"], "dispatched_at": run.dispatch_started_at, "token_accessor": accessor or run.token_accessor},
+        details={"job_id": child["ID"], "adopted": True},
+    )
+
+
+# --------------------------------------------------------------------------- dispatched / running
+def step_watch(ctx: Context, run: RunRecord) -> RunRecord:
+    """Watch the child: start, collect (exit, timeout, never started, lost), or replace."""
+    job_id = run.nomad_job_id
+    job = ctx.nomad.job(job_id) if job_id else None
+    allocs = ctx.nomad.allocations(job_id) if job is not None and job_id else []
+    evals = None
+    if run.state == State.DISPATCHED and job is not None and not any(a.get("ClientStatus") in ("running", "complete", "failed", "lost", "unknown") for a in allocs):
+        evals = ctx.nomad.evaluations(job_id or "")
+    for _ in range(2):
+        decision = decide_watch(
+            state=State(run.state),
+            attempt=run.attempt,
+            dispatched_at=parse_rfc3339(run.dispatched_at) if run.dispatched_at else None,
+            started_at=parse_rfc3339(run.started_at) if run.started_at else None,
+            timeout_minutes=int(run.timeout_minutes or 60),
+            job=job,
+            allocations=allocs,
+            evaluations=evals,
+            now=ctx.now(),
+            placement_deadline=float(ctx.settings.loop.placement_deadline),
+            max_attempts=ctx.settings.loop.max_attempts,
+            task=RUNNER_TASK,
+        )
+        run = execute(ctx, run, decision)
+        if decision.transition != Transition.START:
+            break
+    return run
+
+
+def execute(ctx: Context, run: RunRecord, decision: Decision) -> RunRecord:
+    """Carry out a decision's effects, then journal its transition."""
+    if decision.transition is None:
+        changes: dict[str, Any] = {"waiting": decision.waiting}
+        if decision.requeue_after:
+            changes["next_try_at"] = ctx.stamp(ctx.now() + decision.requeue_after)
+        if run.waiting != decision.waiting or decision.requeue_after:
+            return ctx.store.update(run.id, changes)
+        return run
+    changes = dict(decision.changes)
+    if decision.stop_job and run.nomad_job_id:
+        ctx.nomad.stop(run.nomad_job_id)
+    if decision.fetch_logs_from:
+        changes["log_tail"] = collect_logs(ctx, run, decision.fetch_logs_from)
+    if decision.revoke_claim:
+        revoke_claim(ctx, run)
+    if decision.transition == Transition.REPLACE:
+        changes.update(
+            {
+                "attempt": run.attempt + 1,
+                "idempotency_token": f"{run.id}/{run.attempt + 1}",
+                "nomad_job_id": None,
+                "alloc_id": None,
+                "dispatched_at": None,
+                "dispatch_started_at": None,
+                "token_accessor": None,
+                "wrapping_accessor": None,
+                "error": decision.reason,
+            }
+        )
+    if decision.transition == Transition.COLLECT:
+        changes.setdefault("finished_at", ctx.stamp())
+        if changes.get("finished_at") is None:
+            changes["finished_at"] = ctx.stamp()
+        if changes.get("outcome") != "success":
+            changes["error"] = decision.reason
+        changes["waiting"] = None
+    if decision.transition == Transition.START:
+        changes["waiting"] = "running"
+        changes.setdefault("started_at", ctx.stamp())
+        if changes.get("started_at") is None:
+            changes["started_at"] = ctx.stamp()
+    changes.setdefault("next_try_at", None)
+    return _transition(ctx, run, decision.transition, reason=decision.reason, changes=changes, details=decision.details)
+
+
+def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
+    """The allocation's log tail, redacted (declared values and secret shapes) before it is cut."""
+    parts = []
+    for kind in ("stdout", "stderr"):
+        try:
+            text = ctx.nomad.log_tail(alloc_id, RUNNER_TASK, type=kind, max_bytes=16384)
+        except TransientError:
+            text = ""
+        if text:
+            parts.append(text if kind == "stdout" else "[stderr]\n" + text)
+    values: dict[str, str] = {}
+    if run.secrets:
+        try:
+            values = ctx.vault.secret_values(list(run.secrets))
+        except (TransientError, PermanentError):
+            values = {}
+    return redacted_tail("\n".join(parts), values, LOG_LIMIT)
+
+
+# --------------------------------------------------------------------------- helpers
+def _transition(
+    ctx: Context,
+    run: RunRecord,
+    transition: Transition,
+    *,
+    reason: str,
+    changes: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> RunRecord:
+    new = ctx.store.transition(run.id, transition, expect=run.state, reason=reason, changes=changes, details=details)
+    run_log(new).info("%s: %s -> %s: %s", transition.value, State(run.state).value, State(new.state).value, reason)
+    return new
+
+
+def _reject(ctx: Context, run: RunRecord, reason: str) -> RunRecord:
+    return _transition(
+        ctx, run, Transition.REJECT, reason=reason, changes={"outcome": "rejected", "exit_code": 1, "error": reason, "waiting": None}
+    )
+
+
+def _cancel(ctx: Context, run: RunRecord, reason: str) -> RunRecord:
+    """An automatic cancel (file left or changed): no result file is written for it."""
+    revoke_claim(ctx, run)
+    return _transition(
+        ctx,
+        run,
+        Transition.CANCEL,
+        reason=reason,
+        changes={"outcome": "cancelled", "exit_code": 1, "error": reason, "result_path": None, "waiting": None},
+    )
+
+
+def _wait(ctx: Context, run: RunRecord, why: str, after: float, facts: dict[str, Any] | None = None) -> RunRecord:
+    return ctx.store.update(run.id, {**(facts or {}), "waiting": why, "next_try_at": ctx.stamp(ctx.now() + after)})
+
+
+STEPS = {
+    State.PENDING: step_pending,
+    State.POLICY_BOUND: step_bound,
+    State.DISPATCHED: step_watch,
+    State.RUNNING: step_watch,
+}
+
+__all__ = ["STEPS", "StaleState", "revoke_claim", "execute", "collect_logs", "claim_policies"]

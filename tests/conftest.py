@@ -1,0 +1,54 @@
+"""Shared fixtures: a local factory (doubles + real git) and a reconciler wired to it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.app import build_context
+from reconciler.loop import Reconciler
+from store.runs import RunStore
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from reconciler.doubles.cluster import LocalCluster
+
+    c = LocalCluster(tmp_path_factory.mktemp("factory")).start()
+    yield c
+    c.stop()
+
+
+class Harness:
+    """A reconciler over ``cluster`` with its own store and clone."""
+
+    def __init__(self, cluster, workdir: Path, **loop):
+        self.cluster = cluster
+        self.settings = cluster.settings(db=workdir / "state" / "r.db", ops_root=workdir / "ops", **loop)
+        self.store = RunStore(self.settings.store.db, time.time)
+        self.ctx = build_context(self.settings, self.store)
+        self.reconciler = Reconciler(self.ctx)
+
+    def until_idle(self, timeout: float = 60.0) -> None:
+        stop = threading.Event()
+        ok = self.reconciler.serve(stop, until_idle=True, timeout=timeout)
+        if not ok:
+            active = [(r.id, r.state, r.waiting) for r in self.store.active()]
+            raise AssertionError(f"not idle after {timeout} s: {active}")
+
+    def run_pass(self):
+        return self.reconciler.run_pass()
+
+    def close(self):
+        self.reconciler.close()
+        self.store.close()
+
+
+@pytest.fixture
+def harness(cluster, tmp_path):
+    h = Harness(cluster, tmp_path)
+    yield h
+    h.close()
