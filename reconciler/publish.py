@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from reconciler.clients.errors import PermanentError, TransientError
+from reconciler import claims
 from reconciler.context import Context, run_log
 from reconciler.report import encode, result_document
 from reconciler.steps import revoke_claim
@@ -89,6 +90,11 @@ def _settle_effects(ctx: Context, run: RunRecord) -> None:
 
 
 def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> None:
+    if run.attempt > 0:
+        try:
+            claims.mark_done(ctx, run)
+        except (TransientError, PermanentError) as exc:
+            run_log(run).warning("could not mark the durable claim done (a retry will still work): %s", exc)
     try:
         ctx.store.transition(
             run.id,

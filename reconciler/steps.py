@@ -20,7 +20,7 @@ import posixpath
 import re
 from typing import Any
 
-from reconciler import actions, gate
+from reconciler import actions, claims, gate
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Claim, Context, run_log
 from reconciler.decide import Decision, decide_watch
@@ -90,6 +90,10 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
     if missing:
         run = ctx.store.update(run.id, facts)
         return _reject(ctx, run, "not dispatched: " + "; ".join(missing))
+
+    prior = claims.read(ctx, run.id)
+    if prior is not None and prior.attempt > run.attempt:
+        return _recover_into_bound(ctx, run, prior, facts)
 
     if not ctx.reserve_slot():
         return _wait(ctx, run, f"waiting for capacity: {ctx.settings.loop.max_in_flight} runs in flight (RECONCILER_MAX_IN_FLIGHT)", 2.0, facts)
@@ -202,6 +206,31 @@ def revoke_claim(ctx: Context, run: RunRecord) -> None:
             ctx.vault.revoke_accessor(accessor)
 
 
+def _recover_into_bound(ctx: Context, run: RunRecord, prior: claims.ClaimRecord, facts: dict[str, Any]) -> RunRecord:
+    """The store lost what an earlier process did (database gone): take its durable claim over."""
+    run = ctx.store.update(
+        run.id, {**facts, "attempt": prior.attempt, "idempotency_token": prior.idempotency_token or f"{run.id}/{prior.attempt}"}
+    )
+    run = _transition(
+        ctx,
+        run,
+        Transition.BIND,
+        reason=f"recovered the durable claim of attempt {prior.attempt} left by an earlier process (Nomad variable {claims.path_for(run.id)})",
+        changes={
+            "token_accessor": prior.token_accessor or None,
+            "wrapping_accessor": prior.wrapping_accessor or None,
+            "dispatch_started_at": ctx.stamp(),
+            "nomad_job_id": prior.job_id or None,
+        },
+        details={"recovered": True, "claim_state": prior.state},
+    )
+    if prior.state == "done":
+        return _collect_unknown(
+            ctx, run, "an earlier process already ran and reported this action, and its result file is gone from main; not re-running it"
+        )
+    return run
+
+
 # --------------------------------------------------------------------------- policy-bound
 def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
     """Dispatch the attempt (adopting a child an earlier process may have created)."""
@@ -209,10 +238,15 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
     claim = ctx.claims.get(run.id)
     if claim is not None and claim.token_accessor != run.token_accessor:
         claim = None
-    if claim is None and run.dispatch_started_at:
-        child = _find_child(ctx, parent, run)
-        if child is not None:
-            return _adopt(ctx, run, child)
+    supersede = False
+    if claim is None:
+        # No claim in memory: an earlier process may have dispatched. Look before acting.
+        prior = claims.read(ctx, run.id)
+        if prior is not None and prior.attempt >= run.attempt and prior.state != "done":
+            resolved = _resolve_prior(ctx, parent, run, prior)
+            if resolved is not None:
+                return resolved
+            supersede = True
     if claim is None or claim.expires_at - ctx.now() < CLAIM_MARGIN:
         why = "no claim held in memory (restart)" if claim is None else "the claim's wrapping token is about to expire"
         revoke_claim(ctx, run)
@@ -238,6 +272,12 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
     payload = json.dumps({"version": 1, "wrapping_token": claim.wrapping_token}).encode()
     token = run.idempotency_token or f"{run.id}/{run.attempt}"
     run = ctx.store.update(run.id, {"dispatch_started_at": ctx.stamp(), "idempotency_token": token})
+    try:
+        claims.record_attempt(ctx, run, claim, supersede=supersede)
+    except claims.PriorClaim as exc:
+        # Another process claimed this attempt since we looked: leave it to the next pass.
+        revoke_claim(ctx, run)
+        raise TransientError(str(exc), system="nomad", delay=1.0) from exc
     try:
         result = ctx.nomad.dispatch(
             parent,
@@ -267,6 +307,7 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         ctx.claims.pop(run.id, None)
         changes.update({"token_accessor": child_accessor, "wrapping_accessor": None})
         note = "; an earlier dispatch of this attempt already existed and was adopted"
+    claims.record_child(ctx, run, changes.get("token_accessor", claim.token_accessor), claim.wrapping_accessor, job_id)
     return _transition(
         ctx,
         run,
@@ -281,23 +322,64 @@ def _prefix(run: RunRecord) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", run.action_id or run.id)[:40]
 
 
-def _find_child(ctx: Context, parent: str, run: RunRecord) -> dict[str, Any] | None:
+def _resolve_prior(ctx: Context, parent: str, run: RunRecord, prior: claims.ClaimRecord) -> RunRecord | None:
+    """What became of an attempt an earlier process claimed: adopt its child, collect it as unknown,
+    or (None) establish that nothing ran so a fresh claim may be dispatched."""
+    child = ctx.nomad.job(prior.job_id) if prior.job_id else None
+    if child is None:
+        child = _find_child(ctx, parent, run.id, prior.attempt)
+    if child is not None:
+        return _adopt(ctx, run, child, prior)
+    alive = ctx.vault.lookup_accessor(prior.wrapping_accessor) if prior.wrapping_accessor else None
+    if alive is not None:
+        # Nobody unwrapped the claim: nothing ran. Retire it; the caller mints and dispatches anew.
+        for accessor in (prior.wrapping_accessor, prior.token_accessor):
+            if accessor:
+                ctx.vault.revoke_accessor(accessor)
+        ctx.claims.pop(run.id, None)
+        return None
+    if run.attempt != prior.attempt or run.token_accessor != prior.token_accessor:
+        run = ctx.store.update(run.id, {"attempt": prior.attempt, "token_accessor": prior.token_accessor or run.token_accessor})
+    return _collect_unknown(
+        ctx,
+        run,
+        f"attempt {prior.attempt} was claimed by an earlier process; its claim token was used or expired but Nomad no longer "
+        "holds its child (garbage-collected or purged), so the work may have run: outcome unknown, not re-run (retry only by an operator)",
+    )
+
+
+def _find_child(ctx: Context, parent: str, run_id: str, attempt: int) -> dict[str, Any] | None:
     for stub in ctx.nomad.children(parent, meta=True):
         meta = stub.get("Meta") or {}
-        if meta.get("run_id") == run.id and meta.get("attempt") == str(run.attempt):
+        if meta.get("run_id") == run_id and meta.get("attempt") == str(attempt):
             return stub
     return None
 
 
-def _adopt(ctx: Context, run: RunRecord, child: dict[str, Any]) -> RunRecord:
-    accessor = (child.get("Meta") or {}).get("wrapped_accessor")
+def _adopt(ctx: Context, run: RunRecord, child: dict[str, Any], prior: claims.ClaimRecord) -> RunRecord:
+    accessor = (child.get("Meta") or {}).get("wrapped_accessor") or prior.token_accessor
+    claims.record_child(ctx, run, accessor, prior.wrapping_accessor, child["ID"])
     return _transition(
         ctx,
         run,
         Transition.DISPATCH,
-        reason=f"found {child['ID']} already dispatched for attempt {run.attempt}; adopted",
-        changes={"nomad_job_id": child["ID"], "dispatched_at": run.dispatch_started_at, "token_accessor": accessor or run.token_accessor},
+        reason=f"found {child['ID']} already dispatched for attempt {prior.attempt} by an earlier process; adopted",
+        changes={
+            "nomad_job_id": child["ID"],
+            "attempt": prior.attempt,
+            "dispatched_at": run.dispatch_started_at or ctx.stamp(),
+            "token_accessor": accessor,
+            "wrapping_accessor": prior.wrapping_accessor or run.wrapping_accessor,
+        },
         details={"job_id": child["ID"], "adopted": True},
+    )
+
+
+def _collect_unknown(ctx: Context, run: RunRecord, reason: str) -> RunRecord:
+    revoke_claim(ctx, run)
+    return _transition(
+        ctx, run, Transition.COLLECT, reason=reason,
+        changes={"outcome": "unknown", "exit_code": -1, "error": reason, "finished_at": ctx.stamp(), "waiting": None},
     )
 
 

@@ -38,3 +38,11 @@ class PermanentError(ReconcilerError):
 
 class NotFoundError(PermanentError):
     """The object asked for does not exist."""
+
+
+class ConflictError(TransientError):
+    """A check-and-set write lost a race; ``current`` is the object as it now is (or None)."""
+
+    def __init__(self, message: str, current: dict | None = None, *, system: str = "") -> None:
+        super().__init__(message, system=system)
+        self.current = current

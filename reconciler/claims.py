@@ -1,0 +1,152 @@
+"""Durable dispatch claims: one Nomad Variable per run, ``reconciler/runs/<run-id>``.
+
+Before an attempt is dispatched, the reconciler records it in Nomad itself
+(created only if absent, updated only by check-and-set): the attempt, its
+idempotency token, its claim token's accessors and, once known, the child's
+job id. Variables are never garbage-collected, so the record outlives the
+child and the reconciler's own database.
+
+When a run is found in a state that does not know what a previous process did
+(no claim held in memory, or a run rebuilt from scratch), the record answers:
+
+* a child is recorded or findable by its meta → adopt it;
+* otherwise the attempt's wrapping token tells whether anything could have
+  run: still alive → nothing unwrapped it, nothing ran: revoke it and start a
+  fresh attempt; gone (used or expired) → the work may have run and its child
+  is gone: the outcome is unknown, and the run is never re-run automatically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.clients.errors import ConflictError, TransientError
+from reconciler.context import Claim, Context
+from store.models import RunRecord
+
+PREFIX = "reconciler/runs/"
+
+
+class PriorClaim(Exception):
+    """A previous process claimed this run's attempt; ``record`` says what it knew."""
+
+    def __init__(self, record: "ClaimRecord") -> None:
+        super().__init__(f"attempt {record.attempt} of {record.run_id} was claimed by an earlier process")
+        self.record = record
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    run_id: str
+    attempt: int
+    idempotency_token: str
+    token_accessor: str
+    wrapping_accessor: str
+    job_id: str
+    state: str
+    """``dispatching`` (recorded before the dispatch call), ``dispatched`` (child confirmed), ``done``."""
+    modify_index: int
+
+    @classmethod
+    def from_variable(cls, run_id: str, var: dict[str, Any]) -> "ClaimRecord":
+        items = var.get("Items") or {}
+        return cls(
+            run_id=run_id,
+            attempt=int(items.get("attempt") or 0),
+            idempotency_token=items.get("idempotency_token", ""),
+            token_accessor=items.get("token_accessor", ""),
+            wrapping_accessor=items.get("wrapping_accessor", ""),
+            job_id=items.get("job_id", ""),
+            state=items.get("state", ""),
+            modify_index=int(var.get("ModifyIndex") or 0),
+        )
+
+
+def path_for(run_id: str) -> str:
+    return PREFIX + run_id
+
+
+def read(ctx: Context, run_id: str) -> ClaimRecord | None:
+    var = ctx.nomad.variable(path_for(run_id))  # type: ignore[attr-defined]
+    return ClaimRecord.from_variable(run_id, var) if var else None
+
+
+def _items(run: RunRecord, claim: Claim, *, job_id: str = "", state: str) -> dict[str, str]:
+    return {
+        "run_id": run.id,
+        "action_id": run.action_id or "",
+        "attempt": str(run.attempt),
+        "idempotency_token": run.idempotency_token or f"{run.id}/{run.attempt}",
+        "token_accessor": claim.token_accessor,
+        "wrapping_accessor": claim.wrapping_accessor,
+        "job_id": job_id,
+        "state": state,
+    }
+
+
+def record_attempt(ctx: Context, run: RunRecord, claim: Claim, *, supersede: bool = False) -> ClaimRecord:
+    """Record that ``run``'s current attempt is about to be dispatched with ``claim``.
+
+    Raises :class:`PriorClaim` when the record shows this attempt (or a later
+    one) claimed with another token by an earlier process.
+    """
+    path = path_for(run.id)
+    for _ in range(3):
+        current = read(ctx, run.id)
+        if current is not None:
+            if current.token_accessor == claim.token_accessor:
+                return current
+            if current.attempt >= run.attempt and current.state != "done" and not supersede:
+                raise PriorClaim(current)
+            cas = current.modify_index
+        else:
+            cas = 0
+        try:
+            var = ctx.nomad.put_variable(path, _items(run, claim, state="dispatching"), cas=cas)  # type: ignore[attr-defined]
+            return ClaimRecord.from_variable(run.id, var or {"Items": _items(run, claim, state="dispatching")})
+        except ConflictError:
+            continue
+    raise TransientError(f"could not record the claim of {run.id} in Nomad variable {path}: it keeps changing", system="nomad")
+
+
+def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_accessor: str, job_id: str) -> None:
+    """Add the confirmed child's id to the record (best effort: the record already proves the claim)."""
+    current = read(ctx, run.id)
+    if current is None or current.token_accessor not in (claim_accessor, ""):
+        return
+    items = {
+        "run_id": run.id,
+        "action_id": run.action_id or "",
+        "attempt": str(current.attempt),
+        "idempotency_token": current.idempotency_token,
+        "token_accessor": claim_accessor,
+        "wrapping_accessor": wrapping_accessor or current.wrapping_accessor,
+        "job_id": job_id,
+        "state": "dispatched",
+    }
+    try:
+        ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
+    except ConflictError:
+        pass
+
+
+def mark_done(ctx: Context, run: RunRecord) -> None:
+    """Mark the record finished (the run was reported): a retry may claim a new attempt."""
+    current = read(ctx, run.id)
+    if current is None or current.state == "done":
+        return
+    items = {
+        "run_id": run.id,
+        "action_id": run.action_id or "",
+        "attempt": str(current.attempt),
+        "idempotency_token": current.idempotency_token,
+        "token_accessor": current.token_accessor,
+        "wrapping_accessor": current.wrapping_accessor,
+        "job_id": current.job_id,
+        "state": "done",
+    }
+    try:
+        ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
+    except ConflictError:
+        pass
