@@ -171,6 +171,8 @@ def run(ctx: click.Context, once: bool, until_idle: bool, timeout: float | None)
     signal.signal(signal.SIGINT, _stop)
     try:
         if once:
+            if not reconciler.leads():
+                raise RunFailed("another reconciler holds the leadership lock (Nomad variable reconciler/leader); not acting. Stop it, or wait for its lock to expire")
             summary = reconciler.run_pass()
             for err in summary.errors:
                 click.echo(f"warning: {err}", err=True)
@@ -206,8 +208,19 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
         runs = [r for r in runs if r.state in ACTIVE and now - parse_rfc3339(r.state_since) >= threshold]
     counts = store.counts()
     if as_json:
-        click.echo(json.dumps({"runs": [r.public() for r in runs], "counts": counts}, indent=2))
+        leadership = store.get_value("leadership")
+        click.echo(json.dumps({"runs": [r.public() for r in runs], "counts": counts, "leadership": json.loads(leadership) if leadership else None}, indent=2))
         return
+    leadership = store.get_value("leadership")
+    if leadership:
+        info = json.loads(leadership)
+        role = info.get("role")
+        line = f"leadership: {info.get('identity')} is {role}"
+        if role == "leader" and info.get("since"):
+            line += f" since {_age(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(info['since'])), now)} ago"
+        if info.get("why"):
+            line += f" ({info['why']})"
+        click.echo(line)
     click.echo("counts: " + (", ".join(f"{s.value} {counts.get(s.value, 0)}" for s in State if counts.get(s.value)) or "no runs"))
     shown = runs if (stuck or show_all) else [r for r in runs if r.state in ACTIVE or now - parse_rfc3339(r.state_since) < 3600]
     if not shown:

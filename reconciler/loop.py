@@ -24,6 +24,7 @@ from typing import Callable
 from reconciler import desired, publish
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
+from reconciler.leader import Leadership, record_to_store
 from reconciler.steps import STEPS
 from states.machine import ACTIVE, State
 from store.models import RunRecord
@@ -47,6 +48,15 @@ class Reconciler:
 
     def __init__(self, ctx: Context, *, workers: int = 16, sleep: Callable[[float], None] | None = None) -> None:
         self.ctx = ctx
+        self.leadership: Leadership | None = None
+        if ctx.settings.loop.leader_lock:
+            self.leadership = Leadership(
+                ctx.nomad,
+                ttl=ctx.settings.loop.lock_ttl,
+                lock_delay=ctx.settings.loop.lock_delay,
+                record=record_to_store(ctx.store),
+                clock=ctx.clock,
+            )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         self._wake = threading.Event()
         self._sleep = sleep
@@ -55,6 +65,12 @@ class Reconciler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.leadership is not None:
+            self.leadership.release()
+
+    def leads(self) -> bool:
+        """True when this instance may act (it holds the leadership lock, or runs without one)."""
+        return self.leadership is None or self.leadership.try_acquire()
 
     def wake(self) -> None:
         self._wake.set()
@@ -64,6 +80,9 @@ class Reconciler:
         ctx = self.ctx
         started = time.monotonic()
         summary = PassSummary()
+        if not self.leads():
+            summary.errors.append("standby: another reconciler holds the leadership lock")
+            return summary
         try:
             if not self._ready:
                 ctx.ops.ensure_ready()
@@ -90,7 +109,7 @@ class Reconciler:
             if err:
                 summary.errors.append(err)
         summary.stepped = len(due)
-        if ctx.head is not None:
+        if ctx.head is not None and (self.leadership is None or self.leadership.is_leader):
             try:
                 reported = publish.report_ready(ctx, self._repush)
                 self._repush = []
@@ -102,6 +121,8 @@ class Reconciler:
 
     def _step(self, run: RecordLike) -> str | None:
         ctx = self.ctx
+        if self.leadership is not None and not self.leadership.is_leader:
+            return "leadership lost: step skipped"
         step = STEPS[State(run.state)]
         try:
             current = run
@@ -148,6 +169,13 @@ class Reconciler:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
         while not stop.is_set():
+            if not self.leads():
+                log.info("standby: another reconciler leads; waiting")
+                self._wake.wait(min(interval, self.ctx.settings.loop.lock_ttl / 3))
+                self._wake.clear()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                continue
             summary = self.run_pass()
             active = self.ctx.store.runs(ACTIVE)
             if until_idle and not active:
