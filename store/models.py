@@ -26,7 +26,7 @@ class RunRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", use_enum_values=False)
 
     id: str
-    """Run id. Vault action: derived from the action id and the pinned content hash; sidecar: ``issue:<n>:<kind>:<seq>``."""
+    """Run id. Vault action: derived from the action id and the pinned content hash; sidecar: ``issue-<n>-<kind>-<seq>``."""
     kind: str = "vault-action"
     """``vault-action``, ``reproduce``, ``triage`` or ``verify``."""
     action_id: str | None = None
@@ -88,6 +88,8 @@ class RunRecord(BaseModel):
     failures: int = 0
     """Consecutive transient failures, for backoff."""
     reported_commit: str | None = None
+    trigger: str | None = None
+    """Sidecars: fingerprint of what made the run apply (labels, sub-issues); a new run needs a new trigger."""
     created_at: str = ""
     updated_at: str = ""
 
@@ -100,7 +102,7 @@ class RunRecord(BaseModel):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "RunRecord":
-        data = dict(row)
+        data = {k: v for k, v in row.items() if v is not None}
         for key in ("secrets", "mounts"):
             raw = data.get(key)
             data[key] = json.loads(raw) if isinstance(raw, str) and raw else []

@@ -25,7 +25,7 @@ from states.machine import ACTIVE, IN_FLIGHT, State, Transition, next_state
 
 from .models import JournalEntry, RunRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Clock = Callable[[], float]
 
@@ -65,8 +65,13 @@ _RUN_COLUMNS: dict[str, type] = {
 }
 
 
+_ADDED_LATER = {"trigger"}
+"""Columns that later migrations add (so version 1 is created as it was)."""
+
+
 def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
-    db["runs"].create(_RUN_COLUMNS, pk="id", not_null={"kind", "state"})
+    columns = {k: v for k, v in _RUN_COLUMNS.items() if k not in _ADDED_LATER}
+    db["runs"].create(columns, pk="id", not_null={"kind", "state"})
     db["runs"].create_index(["state"])
     db["runs"].create_index(["action_id"])
     db["runs"].create_index(["issue", "kind"])
@@ -87,7 +92,12 @@ def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
     db["kv"].create({"key": str, "value": str}, pk="key")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_0_to_1}
+def _migrate_1_to_2(db: sqlite_utils.Database) -> None:
+    """Sidecar runs remember the trigger that started them."""
+    db["runs"].add_column("trigger", str)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_0_to_1, 2: _migrate_1_to_2}
 
 
 class RunStore:

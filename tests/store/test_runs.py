@@ -106,3 +106,25 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a usable SQLite file"):
         RunStore(path, Clock())
+
+
+def test_version_1_file_gains_the_trigger_column(tmp_path):
+    """A store written by schema 1 (no ``trigger``) is migrated on open and keeps its runs."""
+    import sqlite_utils
+
+    from store.runs import MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    db = sqlite_utils.Database(path)
+    db["schema_version"].insert({"version": 0})
+    MIGRATIONS[1](db)
+    db.execute("update schema_version set version = 1")
+    db["runs"].insert({"id": "old-1", "kind": "vault-action", "state": "reported", "attempt": 1})
+    db.conn.commit()
+    db.close()
+    assert "trigger" not in sqlite_utils.Database(path)["runs"].columns_dict
+    s = RunStore(path, Clock())
+    assert s.schema_version == SCHEMA_VERSION
+    assert s.get("old-1").state == State.REPORTED and s.get("old-1").trigger is None
+    s.update("old-1", {"trigger": "abc"})
+    assert s.get("old-1").trigger == "abc"

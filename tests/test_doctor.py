@@ -1,0 +1,178 @@
+"""reconciler doctor against a local factory: all good, Vault down, a runner policy widened, and more."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+
+from reconciler.doctor import Check, granted_paths, run_doctor
+from reconciler.doubles.cluster import LocalCluster
+from reconciler.doubles.vault import runner_policy_text
+
+
+@pytest.fixture
+def factory(tmp_path):
+    c = LocalCluster(tmp_path / "factory", nomad_mode="simulate").start()
+    yield c
+    c.stop()
+
+
+def doctor(settings) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    code = run_doctor(settings, out=out, git_timeout=10)
+    return code, out.getvalue().splitlines()
+
+
+def failures(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("FAIL")]
+
+
+def test_a_healthy_factory_passes(factory):
+    code, lines = doctor(factory.settings())
+    assert code == 0, "\n".join(lines)
+    assert failures(lines) == []
+    text = "\n".join(lines)
+    for expected in (
+        f"ok   nomad reachable at {factory.nomad.address}",
+        "ok   nomad parent job vault-runner in namespace runners is registered and parameterized",
+        f"ok   vault reachable and unsealed at {factory.vault.address}",
+        "ok   vault token valid",
+        "ok   vault policy runner-GITHUB_TOKEN grants exactly kv/data/disinto/runner/GITHUB_TOKEN",
+        "ok   forge token valid",
+        "ok   forge repo factory/ops readable by reconciler",
+        "ok   git ops remote",
+    ):
+        assert expected in text, f"missing {expected!r} in:\n{text}"
+    assert factory.dispatcher_token not in text and factory.forge_token not in text
+
+
+def test_vault_stopped_names_vault_and_its_address(factory):
+    address = factory.vault.address
+    factory.vault.stop()
+    code, lines = doctor(factory.settings())
+    assert code == 1
+    vault_lines = [line for line in lines if line.startswith("FAIL vault")]
+    assert len(vault_lines) == 1, lines
+    assert address in vault_lines[0]
+    assert "VAULT_ADDR" in vault_lines[0]
+    # the other systems are still checked
+    assert any(line.startswith("ok   nomad reachable") for line in lines)
+    assert any(line.startswith("ok   forge token valid") for line in lines)
+
+
+def test_runner_policy_widened_to_a_wildcard_is_reported(factory):
+    factory.vault.put_policy(
+        "runner-GITHUB_TOKEN",
+        runner_policy_text("GITHUB_TOKEN") + 'path "kv/data/disinto/runner/*" {\n  capabilities = ["read"]\n}\n',
+    )
+    code, lines = doctor(factory.settings())
+    assert code == 1
+    bad = failures(lines)
+    assert len(bad) == 1, lines
+    assert "policy runner-GITHUB_TOKEN grants kv/data/disinto/runner/*" in bad[0]
+    assert "it must grant exactly kv/data/disinto/runner/GITHUB_TOKEN" in bad[0]
+
+
+def test_runner_policy_for_another_path_is_reported(factory):
+    factory.vault.put_policy("runner-NPM_TOKEN", runner_policy_text("GITHUB_TOKEN"))
+    code, lines = doctor(factory.settings())
+    assert code == 1
+    (bad,) = failures(lines)
+    assert "policy runner-NPM_TOKEN grants kv/data/disinto/runner/GITHUB_TOKEN" in bad
+    assert "exactly kv/data/disinto/runner/NPM_TOKEN" in bad
+
+
+def test_missing_runner_policy_is_reported(factory):
+    factory.vault.delete_policy("runner-DEPLOY_KEY")
+    code, lines = doctor(factory.settings())
+    assert code == 1
+    (bad,) = failures(lines)
+    assert "policy runner-DEPLOY_KEY does not exist" in bad and "RECONCILER_ALLOWED_SECRETS" in bad
+
+
+def test_unknown_vault_token_is_refused(factory):
+    settings = factory.settings()
+    code, lines = doctor(replace(settings, vault=replace(settings.vault, token="hvs.not-a-real-token")))
+    assert code == 1
+    (bad,) = failures(lines)
+    assert bad.startswith("FAIL vault") and "refused the token" in bad
+    assert "hvs.not-a-real-token" not in "\n".join(lines)
+
+
+def test_unregistered_parent_job_is_reported(factory):
+    settings = factory.settings()
+    code, lines = doctor(replace(settings, nomad=replace(settings.nomad, runner_job="no-such-runner")))
+    assert code == 1
+    (bad,) = failures(lines)
+    assert "parent job no-such-runner in namespace runners is not registered" in bad
+    assert "jobspecs apply" in bad
+
+
+def test_sidecar_parent_checked_when_forge_repo_is_set(factory):
+    settings = factory.settings()
+    code, lines = doctor(replace(settings, forge=replace(settings.forge, repo="factory/ops")))
+    assert code == 1
+    (bad,) = failures(lines)
+    assert "parent job sidecar in namespace runners is not registered" in bad
+
+
+def test_forge_token_refused_and_ops_remote_unreachable(factory, tmp_path):
+    settings = factory.settings()
+    broken = replace(
+        settings,
+        forge=replace(settings.forge, token="wrong-token"),
+        ops=replace(settings.ops, remote=(tmp_path / "nowhere.git").as_uri()),
+    )
+    code, lines = doctor(broken)
+    assert code == 1
+    bad = failures(lines)
+    assert any(line.startswith("FAIL forge") and factory.forge.address in line and "FORGE_TOKEN" in line for line in bad), bad
+    assert any(line.startswith("FAIL git") and "nowhere.git" in line and "OPS_REPO_REMOTE" in line for line in bad), bad
+    assert "wrong-token" not in "\n".join(lines)
+
+
+def test_nomad_unreachable_names_its_address():
+    from reconciler.settings import NomadSettings, Settings, VaultSettings
+
+    settings = Settings(nomad=NomadSettings(addr="http://127.0.0.1:9", timeout=2), vault=VaultSettings(addr="http://127.0.0.1:9", timeout=2))
+    code, lines = doctor(settings)
+    assert code == 1
+    assert any(line.startswith("FAIL nomad not reachable at http://127.0.0.1:9") and "NOMAD_ADDR" in line for line in lines)
+    assert any(line.startswith("FAIL forge not configured") for line in lines)
+
+
+def test_granted_paths_reads_hcl_and_json_and_ignores_deny():
+    hcl = '# c\npath "a/b" {\n  capabilities = ["read", "list"]\n}\npath "a/*" { capabilities = ["deny"] }\n'
+    assert granted_paths(hcl) == {"a/b": {"read", "list"}}
+    js = '{"path": {"x/y": {"capabilities": ["read"]}, "x/*": {"capabilities": ["deny"]}}}'
+    assert granted_paths(js) == {"x/y": {"read"}}
+
+
+def test_check_lines_have_the_promised_shape():
+    assert Check(True, "vault", "token valid").line() == "ok   vault token valid"
+    assert Check(False, "git", "remote x unreachable", "fix it").line() == "FAIL git remote x unreachable \u2014 fix it"
+
+
+def test_token_files_are_read_when_settings_name_them(factory, tmp_path):
+    """Settings groups may carry ``token_file`` (``*_TOKEN_FILE``); doctor reads it like the service does."""
+    from dataclasses import dataclass
+
+    from reconciler.settings import VaultSettings
+
+    @dataclass(frozen=True)
+    class VaultWithFile(VaultSettings):
+        token_file: str | None = None
+
+    token_file = tmp_path / "vault.token"
+    token_file.write_text(factory.dispatcher_token + "\n")
+    settings = factory.settings()
+    vault = VaultWithFile(**{**settings.vault.__dict__, "token": None}, token_file=str(token_file))
+    code, lines = doctor(replace(settings, vault=vault))
+    assert code == 0, "\n".join(lines)
+
+    missing = VaultWithFile(**{**settings.vault.__dict__, "token": None}, token_file=str(tmp_path / "absent"))
+    code, lines = doctor(replace(settings, vault=missing))
+    assert code == 1
+    assert any(line.startswith("FAIL vault token file unusable") and "VAULT_TOKEN_FILE" in line for line in lines), lines
