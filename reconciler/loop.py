@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from reconciler import desired, publish
+from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
 from reconciler.leader import Leadership, record_to_store
-from reconciler.steps import STEPS
+from reconciler.steps import STEPS, step_for
 from states.machine import ACTIVE, State
 from store.models import RunRecord
 from store.runs import StaleState, parse_rfc3339
@@ -62,6 +62,7 @@ class Reconciler:
         self._sleep = sleep
         self._ready = False
         self._repush: list[str] = []
+        self._last_sidecar_scan = float("-inf")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -71,6 +72,14 @@ class Reconciler:
     def leads(self) -> bool:
         """True when this instance may act (it holds the leadership lock, or runs without one)."""
         return self.leadership is None or self.leadership.try_acquire()
+
+    def _sidecar_scan_due(self) -> bool:
+        """Scan the tracker at most once per interval (cheap ``since`` queries, but not every sub-second pass)."""
+        now = time.monotonic()
+        if now - self._last_sidecar_scan < self.ctx.settings.loop.interval:
+            return False
+        self._last_sidecar_scan = now
+        return True
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,26 +105,34 @@ class Reconciler:
         except (TransientError, PermanentError) as exc:
             summary.errors.append(f"ops repo: {exc}")
             log.warning("ops repo unavailable, watching runs only: %s", exc)
+        if sidecar_runs.enabled(ctx) and self._sidecar_scan_due():
+            try:
+                summary.created += len(sidecar_runs.scan(ctx, cap=ctx.settings.loop.max_sidecars))
+            except (TransientError, PermanentError) as exc:
+                summary.errors.append(f"issue tracker: {exc}")
+                log.warning("issue tracker unavailable, sidecar discovery skipped this pass: %s", exc)
 
         now = ctx.now()
-        due = [r for r in ctx.store.runs(ACTIVE) if State(r.state) in STEPS and _due(r, now)]
+        due = [r for r in ctx.store.runs(ACTIVE) if step_for(r) is not None and _due(r, now)]
         # Runs that already hold a claim go first, so pending ones cannot starve them.
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         if ctx.head is None:
-            due = [r for r in due if State(r.state) != State.PENDING]
+            due = [r for r in due if State(r.state) != State.PENDING or r.kind != "vault-action"]
         futures = [self._pool.submit(self._step, r) for r in due]
         for f in futures:
             err = f.result()
             if err:
                 summary.errors.append(err)
         summary.stepped = len(due)
-        if ctx.head is not None and (self.leadership is None or self.leadership.is_leader):
-            try:
-                reported = publish.report_ready(ctx, self._repush)
-                self._repush = []
-                summary.reported = len(reported)
-            except (TransientError, PermanentError) as exc:
-                summary.errors.append(f"report: {exc}")
+        if self.leadership is None or self.leadership.is_leader:
+            if ctx.head is not None:
+                try:
+                    reported = publish.report_ready(ctx, self._repush)
+                    self._repush = []
+                    summary.reported = len(reported)
+                except (TransientError, PermanentError) as exc:
+                    summary.errors.append(f"report: {exc}")
+            summary.reported += len(sidecar_runs.report_ready(ctx))
         summary.duration = time.monotonic() - started
         return summary
 
@@ -123,7 +140,7 @@ class Reconciler:
         ctx = self.ctx
         if self.leadership is not None and not self.leadership.is_leader:
             return "leadership lost: step skipped"
-        step = STEPS[State(run.state)]
+        step = step_for(run)
         try:
             current = run
             for _ in range(3):  # follow quick progress (pending -> bound -> dispatched) in one pass
@@ -132,7 +149,7 @@ class Reconciler:
                 after = State(current.state)
                 if after == before or after not in STEPS or after in (State.DISPATCHED,):
                     break
-                step = STEPS[after]
+                step = step_for(current)
             return None
         except StaleState:
             return None

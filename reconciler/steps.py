@@ -405,7 +405,7 @@ def step_watch(ctx: Context, run: RunRecord) -> RunRecord:
             now=ctx.now(),
             placement_deadline=float(ctx.settings.loop.placement_deadline),
             max_attempts=ctx.settings.loop.max_attempts,
-            task=RUNNER_TASK,
+            task=RUNNER_TASK if run.kind == "vault-action" else "sidecar",
         )
         run = execute(ctx, run, decision)
         if decision.transition != Transition.START:
@@ -462,9 +462,10 @@ def execute(ctx: Context, run: RunRecord, decision: Decision) -> RunRecord:
 def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
     """The allocation's log tail, redacted (declared values and secret shapes) before it is cut."""
     parts = []
+    task = RUNNER_TASK if run.kind == "vault-action" else "sidecar"
     for kind in ("stdout", "stderr"):
         try:
-            text = ctx.nomad.log_tail(alloc_id, RUNNER_TASK, type=kind, max_bytes=16384)
+            text = ctx.nomad.log_tail(alloc_id, task, type=kind, max_bytes=16384)
         except TransientError:
             text = ""
         if text:
@@ -522,4 +523,17 @@ STEPS = {
     State.RUNNING: step_watch,
 }
 
-__all__ = ["STEPS", "StaleState", "revoke_claim", "execute", "collect_logs", "claim_policies"]
+
+def step_for(run: RunRecord) -> Any:
+    """The step function for ``run``'s kind and state (None: nothing to do but report)."""
+    state = State(run.state)
+    if run.kind != "vault-action":
+        from reconciler import sidecar_runs
+
+        if state == State.PENDING:
+            return sidecar_runs.step_pending
+        if state == State.POLICY_BOUND:
+            return sidecar_runs.step_bound
+    return STEPS.get(state)
+
+__all__ = ["STEPS", "step_for", "StaleState", "revoke_claim", "execute", "collect_logs", "claim_policies"]

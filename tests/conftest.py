@@ -25,9 +25,9 @@ def cluster(tmp_path_factory):
 class Harness:
     """A reconciler over ``cluster`` with its own store and clone."""
 
-    def __init__(self, cluster, workdir: Path, **loop):
+    def __init__(self, cluster, workdir: Path, sidecars: bool = False, **loop):
         self.cluster = cluster
-        self.settings = cluster.settings(db=workdir / "state" / "r.db", ops_root=workdir / "ops", **loop)
+        self.settings = cluster.settings(db=workdir / "state" / "r.db", ops_root=workdir / "ops", sidecars=sidecars, **loop)
         self.store = RunStore(self.settings.store.db, time.time)
         self.ctx = build_context(self.settings, self.store)
         self.reconciler = Reconciler(self.ctx)

@@ -43,6 +43,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 JOBSPECS = Path(__file__).resolve().parent.parent.parent / "jobspecs"
 DEMO_DATA = PACKAGE_ROOT / "demo"
 OPS_REPO = "factory/ops"
+PROJECT_REPO = "factory/demo"
 NAMESPACE = "runners"
 
 DEMO_SECRETS = {
@@ -128,7 +129,35 @@ class LocalCluster:
                 "namespace": NAMESPACE,
             },
         )
+        self.sidecar_script = self._write_sidecar_script()
+        self.nomad.register_jobspec(
+            jobspec_path("sidecar.hcl"),
+            variables={"namespace": NAMESPACE, "command": str(self.sidecar_script), "forge_url": self.forge.address, "forge_repo": PROJECT_REPO},
+        )
+        self.forge.add_repo(PROJECT_REPO, self.workdir / "project.git")
+        for label in ("bug-report", "in-progress", "in-triage", "rejected", "blocked"):
+            self.forge.add_label(PROJECT_REPO, label)
         return self
+
+    def _write_sidecar_script(self) -> Path:
+        """The demo's sidecar command: prints what it would do; exits with the code a test left for it."""
+        codes = self.workdir / "sidecar-exit-codes"
+        codes.mkdir(parents=True, exist_ok=True)
+        script = self.workdir / "bin" / "demo-sidecar"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(
+            "#!/usr/bin/env bash\n"
+            'echo "demo sidecar: formula ${NOMAD_META_formula} for issue #${NOMAD_META_issue_number} of project ${NOMAD_META_project}"\n'
+            f'code_file="{codes}/${{NOMAD_META_issue_number}}-${{NOMAD_META_formula}}"\n'
+            'if [ -f "$code_file" ]; then exit "$(cat "$code_file")"; fi\n'
+            "exit 0\n"
+        )
+        script.chmod(0o755)
+        return script
+
+    def sidecar_exit(self, issue: int, formula: str, code: int) -> None:
+        """Make the demo sidecar for (issue, formula) exit with ``code``."""
+        (self.workdir / "sidecar-exit-codes" / f"{issue}-{formula}").write_text(str(code))
 
     def stop(self) -> None:
         for double in ("nomad", "forge", "vault"):
@@ -153,7 +182,7 @@ class LocalCluster:
         shutil.copytree(src, dest)
 
     # -- the reconciler's view --------------------------------------------------
-    def settings(self, *, db: Path | None = None, ops_root: Path | None = None, **loop: Any) -> Settings:
+    def settings(self, *, db: Path | None = None, ops_root: Path | None = None, sidecars: bool = False, **loop: Any) -> Settings:
         loop_defaults = {"interval": 0.5, "placement_deadline": 600, "max_in_flight": 50}
         loop_defaults.update(loop)
         return Settings(
@@ -161,7 +190,7 @@ class LocalCluster:
             vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token),
             forge=ForgeSettings(
                 url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
-                ops_repo=OPS_REPO, admin_users=("vault-bot", "admin"),
+                ops_repo=OPS_REPO, admin_users=("vault-bot", "admin"), repo=PROJECT_REPO if sidecars else None,
             ),
             ops=OpsRepoSettings(root=ops_root or self.workdir / "ops-clone", remote=self.bare.resolve().as_uri()),
             store=StoreSettings(db=db or self.workdir / "state" / "reconciler.db"),
