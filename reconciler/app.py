@@ -26,8 +26,13 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         raise SettingsError(
             "no ops repo remote: set OPS_REPO_REMOTE (any URL git accepts), or FORGE_URL and FORGE_OPS_REPO"
         )
+    from reconciler.metrics import Metrics
+
     forge = ForgeClient(settings.forge) if settings.forge.url and settings.forge.token else None
+    metrics = Metrics(interval=settings.loop.interval)
+    store.observers.append(lambda run, trig, src, dest: metrics.transition(run.kind, trig, src, dest))
     return Context(
+        metrics=metrics,
         settings=settings,
         store=store,
         nomad=NomadClient(settings.nomad),

@@ -161,6 +161,13 @@ def run(ctx: click.Context, once: bool, until_idle: bool, timeout: float | None)
     except SettingsError as exc:
         raise RunFailed(str(exc)) from None
     stop = threading.Event()
+    metrics_server = None
+    if settings.loop.metrics_addr and reconciler.ctx.metrics is not None:
+        try:
+            metrics_server = reconciler.ctx.metrics.serve(settings.loop.metrics_addr)
+        except OSError as exc:
+            raise RunFailed(f"cannot serve metrics on RECONCILER_METRICS_ADDR={settings.loop.metrics_addr}: {exc}") from None
+        log.info("metrics on %s/metrics, health on %s/healthz", metrics_server.url, metrics_server.url)
 
     def _stop(signum: int, frame: object) -> None:
         log.warning("signal %s received: finishing the current step, then exiting", signum)
@@ -189,6 +196,23 @@ def run(ctx: click.Context, once: bool, until_idle: bool, timeout: float | None)
             )
     finally:
         reconciler.close()
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+# --------------------------------------------------------------------------- doctor
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check Nomad, Vault, the forge and the ops remote: reachable, tokens valid, jobs and policies as they must be.
+
+    One line per check; each failure names the address and the fix. Exit 1 when anything failed.
+    """
+    from reconciler.doctor import run_doctor
+
+    code = run_doctor(_settings(ctx), out=sys.stdout)
+    if code:
+        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------- status / show

@@ -39,11 +39,18 @@ class Context:
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None
     """The ops repo commit this pass reads desired state from."""
+    metrics: Any = None
+    """``reconciler.metrics.Metrics`` when metrics are collected."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reserved: int = 0
 
     def now(self) -> float:
         return self.clock()
+
+    def observe(self, what: str, *args: Any) -> None:
+        """Record a metric if metrics are on (``what`` names a ``Metrics`` method)."""
+        if self.metrics is not None:
+            getattr(self.metrics, what)(*args)
 
     def stamp(self, ts: float | None = None) -> str:
         return rfc3339(self.now() if ts is None else ts)

@@ -91,7 +91,10 @@ class Reconciler:
         summary = PassSummary()
         if not self.leads():
             summary.errors.append("standby: another reconciler holds the leadership lock")
+            ctx.observe("set_leader", False)
+            ctx.observe("alive")
             return summary
+        ctx.observe("set_leader", True)
         try:
             if not self._ready:
                 ctx.ops.ensure_ready()
@@ -104,6 +107,7 @@ class Reconciler:
             self._repush.extend(scan.results_missing)
         except (TransientError, PermanentError) as exc:
             summary.errors.append(f"ops repo: {exc}")
+            ctx.observe("external_error", exc.system or "git")
             log.warning("ops repo unavailable, watching runs only: %s", exc)
         if sidecar_runs.enabled(ctx) and self._sidecar_scan_due():
             try:
@@ -134,6 +138,8 @@ class Reconciler:
                     summary.errors.append(f"report: {exc}")
             summary.reported += len(sidecar_runs.report_ready(ctx))
         summary.duration = time.monotonic() - started
+        ctx.observe("pass_duration", summary.duration)
+        ctx.observe("set_runs_by_state", ctx.store.counts())
         return summary
 
     def _step(self, run: RecordLike) -> str | None:
@@ -157,6 +163,7 @@ class Reconciler:
             fresh = ctx.store.get(run.id) or run
             delay = exc.delay if exc.delay is not None else ctx.backoff(fresh)
             why = f"{exc.system or 'dependency'} unavailable: {exc}"
+            ctx.observe("external_error", exc.system or "unknown")
             ctx.store.update(
                 run.id,
                 {"waiting": why, "failures": fresh.failures + 1, "next_try_at": ctx.stamp(ctx.now() + delay)},
@@ -166,6 +173,7 @@ class Reconciler:
         except PermanentError as exc:
             fresh = ctx.store.get(run.id) or run
             why = f"{exc.system or 'dependency'} refused: {exc}"
+            ctx.observe("external_error", exc.system or "unknown")
             ctx.store.update(run.id, {"waiting": why, "failures": fresh.failures + 1, "next_try_at": ctx.stamp(ctx.now() + 60)})
             run_log(run).error("permanent error, will look again in 60 s: %s", why)
             return f"{run.id}: {why}"

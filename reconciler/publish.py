@@ -23,7 +23,7 @@ from reconciler.report import encode, result_document
 from reconciler.steps import revoke_claim
 from states.machine import AWAITING_REPORT, State, Transition
 from store.models import RunRecord
-from store.runs import StaleState
+from store.runs import StaleState, parse_rfc3339
 
 REPORTED_DOC_KEY = "result.doc."
 
@@ -105,6 +105,8 @@ def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> No
             details={"commit": commit} if commit else {},
         )
         run_log(run).info("report: %s", reason)
+        if run.finished_at:
+            ctx.observe("report_latency", max(0.0, ctx.now() - parse_rfc3339(run.finished_at)))
     except StaleState:
         pass
 

@@ -95,6 +95,8 @@ class LoopSettings:
     """Whether a vault action whose outcome is unknown (lost node) is retried automatically."""
     max_sidecars: int = 5
     """Sidecar runs (reproduce, triage, verify) active at once."""
+    metrics_addr: str | None = None
+    """``host:port`` for ``/metrics`` and ``/healthz`` (off when unset)."""
     leader_lock: bool = True
     """Take the cluster-wide leadership lock (Nomad variable ``reconciler/leader``) before acting."""
     lock_ttl: float = 15.0
@@ -191,6 +193,7 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "RECONCILER_TOKEN_GRACE": ("loop", "token_grace", _positive_int),
     "RECONCILER_RETRY_UNKNOWN": ("loop", "retry_unknown", _bool),
     "RECONCILER_MAX_SIDECARS": ("loop", "max_sidecars", _positive_int),
+    "RECONCILER_METRICS_ADDR": ("loop", "metrics_addr", str),
     "RECONCILER_LEADER_LOCK": ("loop", "leader_lock", _bool),
     "RECONCILER_LOCK_TTL": ("loop", "lock_ttl", _positive_float),
     "RECONCILER_LOCK_DELAY": ("loop", "lock_delay", _positive_float),

@@ -308,6 +308,7 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         changes.update({"token_accessor": child_accessor, "wrapping_accessor": None})
         note = "; an earlier dispatch of this attempt already existed and was adopted"
     claims.record_child(ctx, run, changes.get("token_accessor", claim.token_accessor), claim.wrapping_accessor, job_id)
+    ctx.observe("dispatch_latency", max(0.0, ctx.now() - _desired_since(ctx, run)))
     return _transition(
         ctx,
         run,
@@ -316,6 +317,16 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         changes=changes,
         details={"job_id": job_id, "idempotency_token": token, "eval_id": getattr(result, "eval_id", None)},
     )
+
+
+def _desired_since(ctx: Context, run: RunRecord) -> float:
+    """When the action became desired: its source commit's time, else the run's creation."""
+    try:
+        if run.source_commit and hasattr(ctx.ops, "commit"):
+            return parse_rfc3339(ctx.ops.commit(run.source_commit).committed_at)  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    return parse_rfc3339(run.created_at) if run.created_at else ctx.now()
 
 
 def _prefix(run: RunRecord) -> str:

@@ -121,6 +121,8 @@ class RunStore:
             raise StoreError(f"RECONCILER_DB={path} is not a usable SQLite file: {exc}") from None
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
+        self.observers: list[Callable[[RunRecord, str, str | None, str], None]] = []
+        """Called after each committed transition with (run, transition, from_state, to_state); for metrics."""
         self._migrate()
 
     # -- schema ---------------------------------------------------------------
@@ -245,6 +247,7 @@ class RunStore:
             )
             self.db["runs"].insert(rec.to_row())
             self._append(rec.id, now, None, State.PENDING.value, "create", reason, details or {})
+        self._notify(rec, "create", None, State.PENDING.value)
         return rec
 
     def transition(
@@ -278,7 +281,15 @@ class RunStore:
             new = run.model_copy(update=update)
             self.db["runs"].update(run_id, new.to_row())
             self._append(run_id, now, State(run.state).value, dest.value, trig.value, reason, details or {})
+        self._notify(new, trig.value, State(run.state).value, dest.value)
         return new
+
+    def _notify(self, run: RunRecord, transition: str, from_state: str | None, to_state: str) -> None:
+        for observe in self.observers:
+            try:
+                observe(run, transition, from_state, to_state)
+            except Exception:  # an observer must never break a transition
+                pass
 
     def update(self, run_id: str, changes: dict[str, Any], *, note: str | None = None, details: dict[str, Any] | None = None) -> RunRecord:
         """Change fields of a run without changing its state (intents, requeues, waiting reasons)."""

@@ -111,8 +111,12 @@ def test_unregistered_parent_job_is_reported(factory):
 
 
 def test_sidecar_parent_checked_when_forge_repo_is_set(factory):
-    settings = factory.settings()
-    code, lines = doctor(replace(settings, forge=replace(settings.forge, repo="factory/ops")))
+    settings = factory.settings(sidecars=True)
+    code, lines = doctor(settings)
+    assert code == 0, lines
+    assert any("sidecar" in line for line in lines if line.startswith("ok"))
+    factory.nomad.stop_behind_back("sidecar", purge=True)
+    code, lines = doctor(settings)
     assert code == 1
     (bad,) = failures(lines)
     assert "parent job sidecar in namespace runners is not registered" in bad

@@ -286,3 +286,23 @@ def test_a_second_copy_started_by_nomad_exits_at_the_claim(cluster, harness, tmp
     assert marker.read_text().count("run") == 1, "the formula ran exactly once"
     codes = [ev.get("ExitCode") for a in allocs for ts in (a.get("TaskStates") or {}).values() for ev in ts.get("Events") or [] if ev.get("Type") == "Terminated"]
     assert 90 in codes, "the replacement copy found the claim taken"
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_metrics_after_a_run_show_transitions_and_latencies(cluster, harness):
+    import requests
+
+    cluster.merge_action("metrics-1", action_toml("metrics-1"))
+    harness.until_idle()
+    server = harness.ctx.metrics.serve("127.0.0.1:0")
+    try:
+        text = requests.get(f"{server.url}/metrics", timeout=5).text
+        health = requests.get(f"{server.url}/healthz", timeout=5)
+    finally:
+        server.stop()
+    for trig in ("create", "bind", "dispatch", "collect", "report"):
+        assert re.search(rf'reconciler_transitions_total\{{[^}}]*transition="{trig}"[^}}]*\}} [1-9]', text), trig
+    assert re.search(r"reconciler_dispatch_latency_seconds_count [1-9]", text)
+    assert re.search(r"reconciler_report_latency_seconds_count [1-9]", text)
+    assert re.search(r"reconciler_pass_duration_seconds_count [1-9]", text)
+    assert health.status_code == 200
