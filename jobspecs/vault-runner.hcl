@@ -10,6 +10,14 @@
 # - No vault {} block and no templates: the entry step unwraps its single-use claim
 #   itself, so a copy Nomad starts on its own finds the claim taken and exits.
 # - No restart and no reschedule: the reconciler decides about new attempts.
+# - Credential mounts (ssh, gpg, sops) are least-privilege: the claim carries one policy
+#   runner-mount-<alias> per declared mount, reading exactly
+#   kv/data/disinto/runner/mounts/<alias>, and the entry step writes the files under
+#   $NOMAD_SECRETS_DIR. No client node keeps keys on a host volume, and there is no
+#   volume or volume_mount here at all.
+# - No Docker socket, no privileged mode, no host network.
+# - Registered by `reconciler jobspecs apply` (reconciler/jobspecs.py) with the operator
+#   token; the reconciler refuses to dispatch it if it changes behind its back.
 
 variable "namespace" {
   type    = string

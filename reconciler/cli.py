@@ -381,6 +381,53 @@ def cancel(ctx: click.Context, ref: str, reason: str) -> None:
     click.echo(f"{run.id}: cancel journaled; the service stops its child, revokes its claim and writes the result on its next pass")
 
 
+# --------------------------------------------------------------------------- jobspecs
+@cli.group()
+def jobspecs() -> None:
+    """Print or register the project's Nomad jobspecs, Vault policies and role, and Nomad ACL policies."""
+
+
+@jobspecs.command("render")
+@click.option("--only", "only", default=None, help="Print only the file with this name (e.g. vault-runner.hcl).")
+@click.pass_context
+def jobspecs_render(ctx: click.Context, only: str | None) -> None:
+    """Print every file with the values this configuration would register."""
+    from reconciler import jobspecs as js
+
+    files = js.render(_settings(ctx))
+    if only is not None:
+        if only not in files:
+            raise RunFailed(f"no file {only!r}; choose one of: {', '.join(sorted(files))}")
+        click.echo(files[only], nl=False)
+        return
+    for name in sorted(files):
+        click.echo(f"# ==> {name} <==")
+        click.echo(files[name].rstrip("\n"))
+        click.echo("")
+
+
+@jobspecs.command("apply")
+@click.option("--skip-vault", is_flag=True, help="Register the Nomad jobs only.")
+@click.pass_context
+def jobspecs_apply(ctx: click.Context, skip_vault: bool) -> None:
+    """Register the jobs (via /v1/jobs/parse then /v1/jobs), write Vault policies and the token role, and Nomad ACL policies.
+
+    Idempotent: each item says created, updated or unchanged. Run it with an operator's
+    NOMAD_TOKEN and VAULT_TOKEN (registering jobspecs takes a separate token from the
+    reconciler's own). Records what it registered, so the reconciler refuses to dispatch
+    a parent job changed behind its back.
+    """
+    from reconciler import jobspecs as js
+    from reconciler.clients.nomad import NomadClient
+
+    settings = _settings(ctx)
+    nomad = NomadClient(settings.nomad)
+    vault = None if skip_vault else js.VaultHTTP(settings.vault.addr, settings.vault.token or "", namespace=settings.vault.namespace)
+    acl = js.NomadACLHTTP(settings.nomad.addr, settings.nomad.token or "")
+    report = js.apply(settings, nomad, vault, out=click.echo, nomad_acl=acl)
+    click.echo("changed" if report.changed else "nothing changed")
+
+
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where to put the demo's repos, store and logs (default: a new temporary folder).")

@@ -39,6 +39,9 @@ class Context:
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None
     """The ops repo commit this pass reads desired state from."""
+    parent_checks: dict[str, float] = field(default_factory=dict)
+    """When each parent job was last found unchanged (drift guard)."""
+    parent_warned: set[str] = field(default_factory=set)
     metrics: Any = None
     """``reconciler.metrics.Metrics`` when metrics are collected."""
     _lock: threading.Lock = field(default_factory=threading.Lock)

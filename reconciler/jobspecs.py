@@ -8,7 +8,8 @@ What lives where:
   settings (:func:`job_variables`); Nomad itself parses them (``/v1/jobs/parse``).
 * The Vault policies, the ``vault-runner`` token role and the Nomad ACL policies are
   **generated here** - this module is their single source. ``jobspecs/vault/`` and
-  ``jobspecs/nomad-acl/`` hold the same texts rendered with default settings, for operators
+  ``jobspecs/nomad-acl/`` hold the same texts rendered with default settings and namespace
+  ``runners`` (plus templates of ``runner-<NAME>`` and ``runner-mount-<alias>``), for operators
   to read; a test keeps them equal to :func:`render`.
 
 Three entry points:

@@ -25,6 +25,7 @@ from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
 from reconciler.leader import Leadership, record_to_store
+from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
 from states.machine import ACTIVE, State
 from store.models import RunRecord
@@ -193,6 +194,13 @@ class Reconciler:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
+        watchers = Watchers(self.ctx.nomad, self.ctx.ops, self.wake).start()
+        try:
+            return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
+        finally:
+            watchers.stop()
+
+    def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
         while not stop.is_set():
             if not self.leads():
                 log.info("standby: another reconciler leads; waiting")

@@ -109,6 +109,9 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         "attempt": str(run.attempt),
     }
     token = run.idempotency_token or f"{run.id}/{run.attempt}"
+    from reconciler.steps import guard_parent
+
+    guard_parent(ctx, ctx.settings.nomad.sidecar_job)
     try:
         result = ctx.nomad.dispatch(
             ctx.settings.nomad.sidecar_job,

@@ -20,7 +20,7 @@ import posixpath
 import re
 from typing import Any
 
-from reconciler import actions, claims, gate
+from reconciler import actions, claims, gate, jobspecs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Claim, Context, run_log
 from reconciler.decide import Decision, decide_watch
@@ -259,6 +259,7 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
             changes=_claim_changes(claim),
             details={"token_accessor": claim.token_accessor},
         )
+    guard_parent(ctx, parent)
     meta = {
         "run_id": run.id,
         "attempt": str(run.attempt),
@@ -296,8 +297,11 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
             changes={"outcome": "failure", "exit_code": 1, "error": f"dispatch refused by Nomad: {exc}"},
         )
     job_id = result.job_id
-    child = ctx.nomad.job(job_id)
-    child_accessor = ((child or {}).get("Meta") or {}).get("wrapped_accessor")
+    child_accessor = None
+    if getattr(result, "existing", True):
+        # Nomad answered with a child that already carried this token: whose claim does it hold?
+        child = ctx.nomad.job(job_id)
+        child_accessor = ((child or {}).get("Meta") or {}).get("wrapped_accessor")
     changes: dict[str, Any] = {"nomad_job_id": job_id, "dispatched_at": ctx.stamp(), "waiting": "waiting for placement"}
     note = ""
     if child_accessor and child_accessor != claim.token_accessor:
@@ -317,6 +321,22 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         changes=changes,
         details={"job_id": job_id, "idempotency_token": token, "eval_id": getattr(result, "eval_id", None)},
     )
+
+
+#: Seconds a parent-job check stays good (two Nomad reads; not worth repeating per dispatch).
+PARENT_CHECK_TTL = 10.0
+
+
+def guard_parent(ctx: Context, parent: str) -> None:
+    """Refuse, loudly, to dispatch a parent job changed behind the reconciler's back (jobspecs.check_parent)."""
+    checked = ctx.parent_checks.get(parent)
+    if checked is not None and ctx.now() - checked < PARENT_CHECK_TTL:
+        return
+    result = jobspecs.check_parent(ctx.nomad, parent)  # raises PermanentError on drift
+    if result.warning and parent not in ctx.parent_warned:
+        ctx.parent_warned.add(parent)
+        run_log(RunRecord(id=parent)).warning("%s", result.warning)
+    ctx.parent_checks[parent] = ctx.now()
 
 
 def _desired_since(ctx: Context, run: RunRecord) -> float:

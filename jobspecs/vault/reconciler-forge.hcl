@@ -1,0 +1,3 @@
+path "kv/data/disinto/reconciler/forge" {
+  capabilities = ["read"]
+}

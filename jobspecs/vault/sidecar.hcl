@@ -1,0 +1,3 @@
+path "kv/data/disinto/sidecar/forge" {
+  capabilities = ["read"]
+}

@@ -1,0 +1,78 @@
+"""Wake-ups: the loop reacts to changes instead of waiting out its interval.
+
+Two daemon threads call ``wake()`` when something the loop cares about moved:
+
+* **Nomad**: a blocking query on ``/v1/allocations?index=N&wait=...`` returns
+  as soon as any allocation changes (CONTRACTS.md: reads carry
+  ``X-Nomad-Index``), so a finished job is collected and reported about a
+  second after it ends;
+* **the ops remote**: its head is polled cheaply (``git ls-remote``) every
+  ``poll`` seconds, so a merged action starts within seconds.
+
+Both are optimisations: the loop's timer stays as the safety net, and a watcher
+that fails only logs and backs off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from reconciler.clients.errors import PermanentError, TransientError
+
+log = logging.getLogger("reconciler.watch")
+
+
+class Watchers:
+    def __init__(self, nomad: Any, ops: Any, wake: Callable[[], None], *, remote_poll: float = 1.0, nomad_wait: float = 30.0) -> None:
+        self._nomad = nomad
+        self._ops = ops
+        self._wake = wake
+        self._remote_poll = remote_poll
+        self._nomad_wait = nomad_wait
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.wakeups = {"nomad": 0, "remote": 0}
+
+    def start(self) -> "Watchers":
+        if hasattr(self._nomad, "wait_allocations"):
+            self._threads.append(threading.Thread(target=self._watch_nomad, name="watch-nomad", daemon=True))
+        if hasattr(self._ops, "remote_head"):
+            self._threads.append(threading.Thread(target=self._watch_remote, name="watch-remote", daemon=True))
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch_nomad(self) -> None:
+        index = 0
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                new = self._nomad.wait_allocations(index, self._nomad_wait)
+                backoff = 1.0
+            except (TransientError, PermanentError) as exc:
+                log.debug("allocation watch failed (%s); retrying in %.0f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if index and new != index:
+                self.wakeups["nomad"] += 1
+                self._wake()
+            index = new
+
+    def _watch_remote(self) -> None:
+        last = None
+        while not self._stop.wait(self._remote_poll):
+            try:
+                head = self._ops.remote_head()
+            except (TransientError, PermanentError) as exc:
+                log.debug("remote head poll failed: %s", exc)
+                continue
+            if last is not None and head != last:
+                self.wakeups["remote"] += 1
+                self._wake()
+            last = head
