@@ -110,32 +110,8 @@ def record_attempt(ctx: Context, run: RunRecord, claim: Claim, *, supersede: boo
     raise TransientError(f"could not record the claim of {run.id} in Nomad variable {path}: it keeps changing", system="nomad")
 
 
-def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_accessor: str, job_id: str) -> None:
-    """Add the confirmed child's id to the record (best effort: the record already proves the claim)."""
-    current = read(ctx, run.id)
-    if current is None or current.token_accessor not in (claim_accessor, ""):
-        return
-    items = {
-        "run_id": run.id,
-        "action_id": run.action_id or "",
-        "attempt": str(current.attempt),
-        "idempotency_token": current.idempotency_token,
-        "token_accessor": claim_accessor,
-        "wrapping_accessor": wrapping_accessor or current.wrapping_accessor,
-        "job_id": job_id,
-        "state": "dispatched",
-    }
-    try:
-        ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
-    except ConflictError:
-        pass
-
-
-def mark_done(ctx: Context, run: RunRecord) -> None:
-    """Mark the record finished (the run was reported): a retry may claim a new attempt."""
-    current = read(ctx, run.id)
-    if current is None or current.state == "done":
-        return
+def _rewrite(ctx: Context, run: RunRecord, current: ClaimRecord, **changes: str) -> None:
+    """Update the record by check-and-set (best effort: losing the race means someone else moved it on)."""
     items = {
         "run_id": run.id,
         "action_id": run.action_id or "",
@@ -144,9 +120,32 @@ def mark_done(ctx: Context, run: RunRecord) -> None:
         "token_accessor": current.token_accessor,
         "wrapping_accessor": current.wrapping_accessor,
         "job_id": current.job_id,
-        "state": "done",
+        "state": current.state,
     }
+    items.update(changes)
     try:
         ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
     except ConflictError:
         pass
+
+
+def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_accessor: str, job_id: str) -> None:
+    """Add the confirmed child's id to the record (best effort: the record already proves the claim)."""
+    current = read(ctx, run.id)
+    if current is None or current.token_accessor not in (claim_accessor, ""):
+        return
+    _rewrite(
+        ctx, run, current,
+        token_accessor=claim_accessor,
+        wrapping_accessor=wrapping_accessor or current.wrapping_accessor,
+        job_id=job_id,
+        state="dispatched",
+    )
+
+
+def mark_done(ctx: Context, run: RunRecord) -> None:
+    """Mark the record finished (the run was reported): a retry may claim a new attempt."""
+    current = read(ctx, run.id)
+    if current is None or current.state == "done":
+        return
+    _rewrite(ctx, run, current, state="done")

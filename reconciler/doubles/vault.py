@@ -101,83 +101,25 @@ path "sys/wrapping/unwrap" {
 
 # --- the factory's Vault layout (reused by jobspecs, the demo and tests) ----------
 
+# The factory's Vault layout has one source, ``reconciler.jobspecs`` (what
+# `reconciler jobspecs apply` writes to a real Vault); the double configures itself from it.
+from reconciler.jobspecs import (  # noqa: E402
+    DISPATCHER_POLICY,
+    RUNNER_CLAIM_POLICY,
+    dispatcher_policy_text,
+    mount_policy_name,
+    mount_policy_text,
+    runner_claim_policy_text,
+    runner_policy_name,
+    runner_policy_text,
+    runner_role_fields,
+)
+
 FACTORY_ROLE = "vault-runner"
 FACTORY_PREFIX = "disinto/runner"
-DISPATCHER_POLICY = "reconciler-dispatcher"
-RUNNER_CLAIM_POLICY = "runner-claim"
-RUNNER_CLAIM_POLICY_TEXT = """\
-# The claim of a run that declares no secrets: it proves the claim and reads nothing.
-path "kv/data/disinto/runner/*" {
-  capabilities = ["deny"]
-}
-"""
-RUNNER_ROLE_FIELDS: dict[str, Any] = {
-    "allowed_policies_glob": ["runner-*"],
-    "disallowed_policies": ["root"],
-    "orphan": True,
-    "renewable": False,
-    "token_type": "service",
-    "token_no_default_policy": True,
-    "token_explicit_max_ttl": 48 * 3600,
-}
-"""The ``vault-runner`` token role: runner-* policies only, orphan, service,
-not renewable, no default policy, tokens live at most 48 h."""
-
-
-def runner_policy_name(secret: str) -> str:
-    """Policy name for one runner secret, as written (Vault stores it lower-cased)."""
-    return f"runner-{secret}"
-
-
-def runner_policy_text(secret: str, *, mount: str = KV_MOUNT, prefix: str = FACTORY_PREFIX) -> str:
-    """HCL of ``runner-<NAME>``: read exactly ``<mount>/data/<prefix>/<NAME>``."""
-    return f'path "{mount}/data/{prefix}/{secret}" {{\n  capabilities = ["read"]\n}}\n'
-
-
-def mount_policy_name(alias: str) -> str:
-    """Policy name for one credential mount (``ssh``, ``gpg``, ``sops``)."""
-    return f"runner-mount-{alias}"
-
-
-def mount_policy_text(alias: str, *, mount: str = KV_MOUNT, prefix: str = FACTORY_PREFIX) -> str:
-    """HCL of ``runner-mount-<alias>``: read exactly ``<mount>/data/<prefix>/mounts/<alias>``."""
-    return f'path "{mount}/data/{prefix}/mounts/{alias}" {{\n  capabilities = ["read"]\n}}\n'
-
-
-def dispatcher_policy_text(*, role: str = FACTORY_ROLE, mount: str = KV_MOUNT, prefix: str = FACTORY_PREFIX) -> str:
-    """HCL of the reconciler's own policy: check secrets and policies, mint claims, revoke them."""
-    return f"""\
-# See which runner secrets and mounts exist (metadata) and read their values for redaction.
-path "{mount}/metadata/{prefix}/*" {{
-  capabilities = ["read", "list"]
-}}
-path "{mount}/data/{prefix}/*" {{
-  capabilities = ["read"]
-}}
-
-# Check that the runner policies exist.
-path "sys/policies/acl/runner-*" {{
-  capabilities = ["read"]
-}}
-
-# Mint single-use claims through the role, and nothing else.
-path "auth/token/create/{role}" {{
-  capabilities = ["update"]
-}}
-
-# Follow and revoke claims by accessor.
-path "auth/token/lookup-accessor" {{
-  capabilities = ["update"]
-}}
-path "auth/token/revoke-accessor" {{
-  capabilities = ["update"]
-}}
-
-# Inspect a wrapping token without using it.
-path "sys/wrapping/lookup" {{
-  capabilities = ["update"]
-}}
-"""
+RUNNER_CLAIM_POLICY_TEXT = runner_claim_policy_text()
+RUNNER_ROLE_FIELDS: dict[str, Any] = runner_role_fields()
+"""The ``vault-runner`` token role: runner-* policies only, orphan, service, not renewable, no default policy."""
 
 
 # --------------------------------------------------------------------------- helpers
