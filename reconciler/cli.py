@@ -245,6 +245,11 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
         if info.get("why"):
             line += f" ({info['why']})"
         click.echo(line)
+    from reconciler import brakes as brakes_mod
+
+    b = brakes_mod.read(store)
+    if b.holds_new_work:
+        click.echo(f"brakes: dispatching is {b.describe()}")
     click.echo("counts: " + (", ".join(f"{s.value} {counts.get(s.value, 0)}" for s in State if counts.get(s.value)) or "no runs"))
     shown = runs if (stuck or show_all) else [r for r in runs if r.state in ACTIVE or now - parse_rfc3339(r.state_since) < 3600]
     if not shown:
@@ -379,6 +384,89 @@ def cancel(ctx: click.Context, ref: str, reason: str) -> None:
     except (StaleState, IllegalTransition) as exc:
         raise RunFailed(str(exc)) from None
     click.echo(f"{run.id}: cancel journaled; the service stops its child, revokes its claim and writes the result on its next pass")
+
+
+# --------------------------------------------------------------------------- brakes
+@cli.command()
+@click.option("--reason", default="", help="Why, for the journal and `status`.")
+@click.pass_context
+def pause(ctx: click.Context, reason: str) -> None:
+    """Dispatch nothing new; running work is watched to its end and reported. Persisted until `resume`."""
+    from reconciler import brakes
+
+    b = brakes.set_brakes(_store(ctx), paused=True, reason=reason)
+    click.echo(f"dispatching is {b.describe()}")
+
+
+@cli.command()
+@click.option("--reason", default="", help="Why, for the journal.")
+@click.pass_context
+def resume(ctx: click.Context, reason: str) -> None:
+    """Lift `pause` or `drain`: dispatching starts again on the next pass."""
+    from reconciler import brakes
+
+    b = brakes.set_brakes(_store(ctx), paused=False, reason=reason)
+    click.echo(f"dispatching is {b.describe()}")
+
+
+@cli.command()
+@click.option("--reason", default="", help="Why, for the journal and `status`.")
+@click.pass_context
+def drain(ctx: click.Context, reason: str) -> None:
+    """Like pause, and `reconciler run` exits 0 once nothing is in flight (before an upgrade or a move)."""
+    from reconciler import brakes
+
+    b = brakes.set_brakes(_store(ctx), paused=True, draining=True, reason=reason)
+    click.echo(f"dispatching is {b.describe()}; the service exits once nothing is in flight")
+
+
+@cli.command("revoke-all")
+@click.option("--yes", is_flag=True, help="Do it (without --yes, only list what would be revoked).")
+@click.pass_context
+def revoke_all(ctx: click.Context, yes: bool) -> None:
+    """Emergency brake: revoke every claim token the store knows for runs not yet reported.
+
+    Running formulas keep what they already read; their runners' tokens die. Journaled per run.
+    """
+    from reconciler.clients.vault import VaultClient
+
+    settings = _settings(ctx)
+    store = _store(ctx)
+    runs = [r for r in store.runs(ACTIVE) if r.token_accessor or r.wrapping_accessor]
+    if not runs:
+        click.echo("no live claim tokens recorded")
+        return
+    if not yes:
+        for r in runs:
+            click.echo(f"would revoke the claim of {r.id} ({State(r.state).value}, accessor {r.token_accessor})")
+        click.echo("run again with --yes to revoke")
+        return
+    vault = VaultClient(settings.vault)
+    for r in runs:
+        for accessor in (r.token_accessor, r.wrapping_accessor):
+            if accessor:
+                vault.revoke_accessor(accessor)
+        store.update(r.id, {}, note="claim token revoked by operator (revoke-all)")
+        click.echo(f"revoked the claim of {r.id}")
+    store.control_event("revoke-all", reason=f"{len(runs)} claim(s) revoked")
+
+
+@cli.command()
+@click.pass_context
+def plan(ctx: click.Context) -> None:
+    """What the next pass would do, changing nothing (store, Nomad, Vault and the ops remote stay as they are)."""
+    from reconciler.app import build_context
+    from reconciler.plan import plan as make_plan
+
+    settings = _settings(ctx)
+    store = _store(ctx)
+    try:
+        context = build_context(settings, store)
+    except SettingsError as exc:
+        raise RunFailed(str(exc)) from None
+    lines = list(make_plan(context))
+    for line in lines or ["nothing to do"]:
+        click.echo(line)
 
 
 # --------------------------------------------------------------------------- jobspecs

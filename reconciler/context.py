@@ -11,6 +11,7 @@ from typing import Any, Callable
 from reconciler.ports import ForgeAPI, NomadAPI, OpsRepoAPI, VaultAPI
 from reconciler.settings import Settings
 from store.models import RunRecord
+from states.machine import IN_FLIGHT
 from store.runs import RunStore, rfc3339
 
 log = logging.getLogger("reconciler")
@@ -45,7 +46,7 @@ class Context:
     metrics: Any = None
     """``reconciler.metrics.Metrics`` when metrics are collected."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _reserved: int = 0
+    _reserved_runs: list[RunRecord] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock()
@@ -58,18 +59,54 @@ class Context:
     def stamp(self, ts: float | None = None) -> str:
         return rfc3339(self.now() if ts is None else ts)
 
-    # -- in-flight capacity, reserved within a pass ---------------------------
-    def reserve_slot(self) -> bool:
-        """Take one in-flight slot if the limit allows; release with ``release_slot``."""
-        with self._lock:
-            if self.store.in_flight() + self._reserved >= self.settings.loop.max_in_flight:
-                return False
-            self._reserved += 1
-            return True
+    def held_back(self) -> str | None:
+        """Why no run may take new work now (operator brakes), or None."""
+        from reconciler import brakes
 
-    def release_slot(self) -> None:
+        b = brakes.read(self.store)
+        if b.holds_new_work:
+            return f"held: dispatching is {b.describe()} (`reconciler resume` lifts it)"
+        return None
+
+    # -- in-flight capacity, reserved within a pass ---------------------------
+    def reserve_slot(self, run: RunRecord) -> str | None:
+        """Take an in-flight slot for ``run``: None when taken, else why not. Release with ``release_slot``.
+
+        Checked atomically with the other steps of the pass: the global limit,
+        the per-kind limit, mutual exclusion per formula or per secret.
+        """
+        loop = self.settings.loop
         with self._lock:
-            self._reserved = max(0, self._reserved - 1)
+            reserved = [r for r in self._reserved_runs if r.id != run.id]
+            if self.store.in_flight() + len(reserved) >= loop.max_in_flight:
+                return f"waiting for capacity: {loop.max_in_flight} runs in flight (RECONCILER_MAX_IN_FLIGHT)"
+            why = self._limits_block(run, reserved) if (loop.kind_limits or loop.exclusive) else None
+            if why:
+                return why
+            self._reserved_runs.append(run)
+            return None
+
+    def _limits_block(self, run: RunRecord, reserved: list[RunRecord]) -> str | None:
+        loop = self.settings.loop
+        flying = [r for r in self.store.runs(IN_FLIGHT) if r.id != run.id] + reserved
+        limit = dict(loop.kind_limits).get(run.kind)
+        if limit is not None and sum(1 for r in flying if r.kind == run.kind) >= limit:
+            return f"waiting for capacity: {limit} {run.kind} runs in flight (RECONCILER_KIND_LIMITS)"
+        exclusive = set(loop.exclusive)
+        if run.formula and f"formula:{run.formula}" in exclusive:
+            other = next((r for r in flying if r.formula == run.formula), None)
+            if other is not None:
+                return f"waiting: formula {run.formula} runs one at a time; {other.id} is in flight (RECONCILER_EXCLUSIVE)"
+        for secret in run.secrets:
+            if f"secret:{secret}" in exclusive:
+                other = next((r for r in flying if secret in r.secrets), None)
+                if other is not None:
+                    return f"waiting: secret {secret} is used by one run at a time; {other.id} is in flight (RECONCILER_EXCLUSIVE)"
+        return None
+
+    def release_slot(self, run: RunRecord) -> None:
+        with self._lock:
+            self._reserved_runs = [r for r in self._reserved_runs if r.id != run.id]
 
     def backoff(self, run: RunRecord) -> float:
         """Seconds before the next try after ``run.failures`` consecutive transient failures."""

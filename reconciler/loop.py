@@ -213,6 +213,9 @@ class Reconciler:
             active = self.ctx.store.runs(ACTIVE)
             if until_idle and not active:
                 return True
+            if self._drained(active):
+                log.warning("drained: nothing in flight any more; exiting as `reconciler drain` asked")
+                return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             wait = interval
@@ -224,6 +227,13 @@ class Reconciler:
             self._wake.wait(wait)
             self._wake.clear()
         return True
+
+    def _drained(self, active: list[RunRecord]) -> bool:
+        from reconciler import brakes
+
+        if not brakes.read(self.ctx.store).draining:
+            return False
+        return not any(State(r.state) not in (State.PENDING,) for r in active)
 
     def _next_due(self, active: list[RunRecord]) -> float:
         now = self.ctx.now()

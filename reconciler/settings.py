@@ -95,6 +95,10 @@ class LoopSettings:
     """Whether a vault action whose outcome is unknown (lost node) is retried automatically."""
     max_sidecars: int = 5
     """Sidecar runs (reproduce, triage, verify) active at once."""
+    kind_limits: tuple[tuple[str, int], ...] = ()
+    """Per-kind caps on runs in flight, e.g. ``vault-action=40,reproduce=5``."""
+    exclusive: tuple[str, ...] = ()
+    """Mutual exclusion: ``formula:<name>`` or ``secret:<NAME>`` entries that run one at a time."""
     metrics_addr: str | None = None
     """``host:port`` for ``/metrics`` and ``/healthz`` (off when unset)."""
     leader_lock: bool = True
@@ -138,6 +142,32 @@ def _bool(v: Any) -> bool:
     if s in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _kind_limits(v: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(v, dict):
+        pairs = list(v.items())
+    else:
+        pairs = []
+        for part in _csv(v):
+            kind, sep, n = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected kind=N, got {part!r}")
+            pairs.append((kind.strip(), n.strip()))
+    out = []
+    for kind, n in pairs:
+        if kind not in ("vault-action", "reproduce", "triage", "verify"):
+            raise ValueError(f"unknown run kind {kind!r} (vault-action, reproduce, triage, verify)")
+        out.append((kind, _positive_int(n)))
+    return tuple(out)
+
+
+def _exclusive(v: Any) -> tuple[str, ...]:
+    items = _list_or_csv(v)
+    for item in items:
+        if not (item.startswith("formula:") or item.startswith("secret:")) or item.endswith(":"):
+            raise ValueError(f"expected formula:<name> or secret:<NAME>, got {item!r}")
+    return items
 
 
 def _positive_int(v: Any) -> int:
@@ -193,6 +223,8 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "RECONCILER_TOKEN_GRACE": ("loop", "token_grace", _positive_int),
     "RECONCILER_RETRY_UNKNOWN": ("loop", "retry_unknown", _bool),
     "RECONCILER_MAX_SIDECARS": ("loop", "max_sidecars", _positive_int),
+    "RECONCILER_KIND_LIMITS": ("loop", "kind_limits", _kind_limits),
+    "RECONCILER_EXCLUSIVE": ("loop", "exclusive", _exclusive),
     "RECONCILER_METRICS_ADDR": ("loop", "metrics_addr", str),
     "RECONCILER_LEADER_LOCK": ("loop", "leader_lock", _bool),
     "RECONCILER_LOCK_TTL": ("loop", "lock_ttl", _positive_float),

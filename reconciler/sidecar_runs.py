@@ -82,11 +82,9 @@ def scan(ctx: Context, *, cap: int) -> list[str]:
 
 # --------------------------------------------------------------------------- steps
 def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
-    if not ctx.reserve_slot():
-        return ctx.store.update(
-            run.id,
-            {"waiting": f"waiting for capacity: {ctx.settings.loop.max_in_flight} runs in flight", "next_try_at": ctx.stamp(ctx.now() + 2)},
-        )
+    held = ctx.held_back() or ctx.reserve_slot(run)
+    if held:
+        return ctx.store.update(run.id, {"waiting": held, "next_try_at": ctx.stamp(ctx.now() + 2)})
     try:
         attempt = run.attempt + 1
         return ctx.store.transition(
@@ -97,10 +95,13 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
             changes={"attempt": attempt, "idempotency_token": f"{run.id}/{attempt}", "waiting": None},
         )
     finally:
-        ctx.release_slot()
+        ctx.release_slot(run)
 
 
 def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
+    held = ctx.held_back()
+    if held:
+        return ctx.store.update(run.id, {"waiting": held, "next_try_at": ctx.stamp(ctx.now() + 2)})
     meta = {
         "issue_number": str(run.issue),
         "formula": run.formula or run.kind,

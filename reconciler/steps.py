@@ -18,6 +18,7 @@ import hashlib
 import json
 import posixpath
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import actions, claims, gate, jobspecs
@@ -45,22 +46,31 @@ class StepError(Exception):
 
 
 # --------------------------------------------------------------------------- pending
-def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
-    """Validate, authorize, check secrets, mint the claim: ``bind`` or ``reject``."""
+@dataclass
+class PendingVerdict:
+    """What the checks of a pending vault action found; read-only, shared by the step and ``plan``."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    reject: str | None = None
+    cancel: str | None = None
+    wait: str | None = None
+    note: str = ""
+
+
+def assess_pending(ctx: Context, run: RunRecord) -> PendingVerdict:
+    """Validate, authorize and check Vault for a pending run, changing nothing."""
     head = ctx.head
     if head is None or not run.path:
-        return _reject(ctx, run, "no file name gives this action a safe id; rejected without a result file")
+        return PendingVerdict(reject="no file name gives this action a safe id; rejected without a result file")
     data = ctx.ops.read(head, run.path, max_bytes=ctx.settings.actions.max_file_bytes)
     if data is None:
-        return _cancel(ctx, run, "the action file left main before dispatch")
+        return PendingVerdict(cancel="the action file left main before dispatch")
     if hashlib.sha256(data).hexdigest() != run.content_hash:
-        return _cancel(ctx, run, "the action file on main changed; the new content is a new run that needs its own approval")
-    name = posixpath.basename(run.path)
+        return PendingVerdict(cancel="the action file on main changed; the new content is a new run that needs its own approval")
     try:
-        action = actions.parse_action(name, data, ctx.settings.actions)
+        action = actions.parse_action(posixpath.basename(run.path), data, ctx.settings.actions)
     except actions.ActionInvalid as exc:
-        return _reject(ctx, run, "invalid action: " + "; ".join(exc.problems))
-
+        return PendingVerdict(reject="invalid action: " + "; ".join(exc.problems))
     tier, tiers_note = _tier_for(ctx, action)
     facts: dict[str, Any] = {
         "formula": action.formula,
@@ -76,27 +86,43 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
             facts.update({"approved_via": "direct", "approver": None, "pull_number": None})
         else:
             if ctx.forge is None or not ctx.settings.forge.ops_repo:
-                return _wait(
-                    ctx, run, "cannot confirm approval: no forge configured (set FORGE_URL, FORGE_TOKEN, FORGE_OPS_REPO)", 60.0
-                )
+                return PendingVerdict(facts, wait="cannot confirm approval: no forge configured (set FORGE_URL, FORGE_TOKEN, FORGE_OPS_REPO)")
             reader = GateReaderAdapter(ctx.ops, ctx.forge, ctx.settings.forge.ops_repo, head)
             approval = gate.check_approval(run.path, data, reader, primary_branch=ctx.settings.ops.primary_branch)
             facts.update({"approved_via": approval.via, "approver": approval.approver, "pull_number": approval.pull_number})
     except gate.GateRejected as exc:
-        run = ctx.store.update(run.id, facts)
-        return _reject(ctx, run, f"not authorized: {exc}")
-
+        return PendingVerdict(facts, reject=f"not authorized: {exc}")
     missing = _missing_in_vault(ctx, action)
     if missing:
-        run = ctx.store.update(run.id, facts)
-        return _reject(ctx, run, "not dispatched: " + "; ".join(missing))
+        return PendingVerdict(facts, reject="not dispatched: " + "; ".join(missing))
+    return PendingVerdict(facts, note=tiers_note)
+
+
+def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
+    """Validate, authorize, check secrets, mint the claim: ``bind`` or ``reject``."""
+    verdict = assess_pending(ctx, run)
+    facts = verdict.facts
+    if verdict.cancel:
+        return _cancel(ctx, run, verdict.cancel)
+    if verdict.wait:
+        return _wait(ctx, run, verdict.wait, 60.0)
+    if verdict.reject:
+        if facts:
+            run = ctx.store.update(run.id, facts)
+        return _reject(ctx, run, verdict.reject)
+    tier, tiers_note = facts["tier"], verdict.note
 
     prior = claims.read(ctx, run.id)
     if prior is not None and prior.attempt > run.attempt:
         return _recover_into_bound(ctx, run, prior, facts)
 
-    if not ctx.reserve_slot():
-        return _wait(ctx, run, f"waiting for capacity: {ctx.settings.loop.max_in_flight} runs in flight (RECONCILER_MAX_IN_FLIGHT)", 2.0, facts)
+    held = ctx.held_back()
+    if held:
+        return _wait(ctx, run, held, 2.0, facts)
+    candidate = run.model_copy(update=facts)
+    blocked = ctx.reserve_slot(candidate)
+    if blocked:
+        return _wait(ctx, run, blocked, 2.0, facts)
     try:
         attempt = run.attempt + 1
         # Journal what the effect will use before making it.
@@ -112,7 +138,7 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
             details={"token_accessor": claim.token_accessor, "pull_request": facts.get("pull_number")},
         )
     finally:
-        ctx.release_slot()
+        ctx.release_slot(candidate)
 
 
 def _tier_for(ctx: Context, action: actions.Action) -> tuple[str, str]:
@@ -238,6 +264,9 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
     claim = ctx.claims.get(run.id)
     if claim is not None and claim.token_accessor != run.token_accessor:
         claim = None
+    held = ctx.held_back()
+    if held:
+        return _wait(ctx, run, held, 2.0)
     supersede = False
     if claim is None:
         # No claim in memory: an earlier process may have dispatched. Look before acting.

@@ -25,7 +25,7 @@ from states.machine import ACTIVE, IN_FLIGHT, State, Transition, next_state
 
 from .models import JournalEntry, RunRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Clock = Callable[[], float]
 
@@ -97,7 +97,16 @@ def _migrate_1_to_2(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("trigger", str)
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_0_to_1, 2: _migrate_1_to_2}
+def _migrate_2_to_3(db: sqlite_utils.Database) -> None:
+    """A journal of operator controls that concern no single run (pause, resume, drain)."""
+    db["control"].create({"id": int, "at": str, "action": str, "reason": str, "by": str}, pk="id")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    1: _migrate_0_to_1,
+    2: _migrate_1_to_2,
+    3: _migrate_2_to_3,
+}
 
 
 class RunStore:
@@ -321,6 +330,16 @@ class RunStore:
                 "details": json.dumps(details, sort_keys=True, default=str),
             }
         )
+
+    def control_event(self, action: str, *, reason: str = "", by: str = "") -> None:
+        """Journal an operator control (pause, resume, drain, revoke-all)."""
+        with self._tx():
+            self.db["control"].insert({"at": self.now(), "action": action, "reason": reason, "by": by})
+
+    def control_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = list(self.db.query("select at, action, reason, by from control order by id desc limit ?", [limit]))
+        return list(reversed(rows))
 
     # -- small durable facts (last seen head, leadership...) -----------------
     def get_value(self, key: str) -> str | None:
