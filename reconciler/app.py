@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from reconciler.context import Context
 from reconciler.loop import Reconciler
@@ -28,15 +28,35 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         )
     from reconciler.metrics import Metrics
 
-    forge = ForgeClient(settings.forge) if settings.forge.url and settings.forge.token else None
+    from reconciler.credentials import NOMAD_HEADER, VAULT_HEADER, HeaderAuth, TokenSource
+
+    def session_for(token: str | None, path: Any, header: str, what: str) -> Any:
+        """A requests session that sends the token current at each request (files are re-read when they change)."""
+        source = TokenSource.of(None, path, what=what) if path else None
+        if source is None:
+            return None
+        import requests
+
+        session = requests.Session()
+        session.auth = HeaderAuth(source, header)
+        return session
+
+    nomad_session = session_for(settings.nomad.token, settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
+    vault_session = session_for(settings.vault.token, settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
+    forge_source = TokenSource.of(None, settings.forge.token_file, what="FORGE_TOKEN_FILE") if settings.forge.token_file else None
+    forge = (
+        ForgeClient(settings.forge, token_source=forge_source)
+        if settings.forge.url and (settings.forge.token or forge_source)
+        else None
+    )
     metrics = Metrics(interval=settings.loop.interval)
     store.observers.append(lambda run, trig, src, dest: metrics.transition(run.kind, trig, src, dest))
     return Context(
         metrics=metrics,
         settings=settings,
         store=store,
-        nomad=NomadClient(settings.nomad),
-        vault=VaultClient(settings.vault),
+        nomad=NomadClient(settings.nomad, session=nomad_session) if nomad_session else NomadClient(settings.nomad),
+        vault=VaultClient(settings.vault, session=vault_session) if vault_session else VaultClient(settings.vault),
         ops=OpsRepo(settings.ops, remote),
         forge=forge,
         clock=clock,

@@ -30,6 +30,8 @@ class NomadSettings:
     token: str | None = None
     namespace: str = "default"
     region: str | None = None
+    token_file: Path | None = None
+    """A file holding the token, re-read when it changes (workload identity renews it)."""
     runner_job: str = "vault-runner"
     sidecar_job: str = "sidecar"
     timeout: float = 10.0
@@ -41,6 +43,7 @@ class VaultSettings:
     addr: str = "http://127.0.0.1:8200"
     token: str | None = None
     namespace: str | None = None
+    token_file: Path | None = None
     token_role: str = "vault-runner"
     kv_mount: str = "kv"
     secret_prefix: str = "disinto/runner"
@@ -52,6 +55,7 @@ class ForgeSettings:
     url: str | None = None
     token: str | None = None
     admin_token: str | None = None
+    token_file: Path | None = None
     ops_repo: str | None = None
     repo: str | None = None
     admin_users: tuple[str, ...] = ("vault-bot", "admin")
@@ -195,15 +199,18 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "NOMAD_TOKEN": ("nomad", "token", str),
     "NOMAD_NAMESPACE": ("nomad", "namespace", str),
     "NOMAD_REGION": ("nomad", "region", str),
+    "NOMAD_TOKEN_FILE": ("nomad", "token_file", Path),
     "RECONCILER_RUNNER_JOB": ("nomad", "runner_job", str),
     "RECONCILER_SIDECAR_JOB": ("nomad", "sidecar_job", str),
     "VAULT_ADDR": ("vault", "addr", str),
     "VAULT_TOKEN": ("vault", "token", str),
     "VAULT_NAMESPACE": ("vault", "namespace", str),
+    "VAULT_TOKEN_FILE": ("vault", "token_file", Path),
     "RECONCILER_TOKEN_ROLE": ("vault", "token_role", str),
     "FORGE_URL": ("forge", "url", str),
     "FORGE_TOKEN": ("forge", "token", str),
     "FORGE_ADMIN_TOKEN": ("forge", "admin_token", str),
+    "FORGE_TOKEN_FILE": ("forge", "token_file", Path),
     "FORGE_OPS_REPO": ("forge", "ops_repo", str),
     "FORGE_REPO": ("forge", "repo", str),
     "FORGE_ADMIN_USERS": ("forge", "admin_users", _list_or_csv),

@@ -79,11 +79,12 @@ class Forge(Protocol):
 class _TokenAuth(AuthBase):
     """``Authorization: token <T>``. Given as ``auth=``, so requests never swaps in ~/.netrc."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str | Callable[[], str]) -> None:
         self._token = token
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"token {self._token}"
+        token = self._token() if callable(self._token) else self._token
+        request.headers["Authorization"] = f"token {token}"
         return request
 
 
@@ -100,19 +101,20 @@ class ForgeClient:
         admin_cache_ttl: float = 60.0,
         attempts: int = 3,
         backoff: float = 0.2,
+        token_source: Callable[[], str] | None = None,
     ) -> None:
         """``clock``/``sleep`` drive the ``is_admin`` cache and the retry backoff (tests pass fakes)."""
         if not settings.url:
             raise PermanentError("FORGE_URL is not set: the forge client needs Forgejo's base URL", system=SYSTEM)
-        if not settings.token:
+        if not settings.token and token_source is None:
             raise PermanentError("FORGE_TOKEN is not set: the forge client needs an API token", system=SYSTEM)
         base = settings.url.rstrip("/")
         if base.endswith("/api/v1"):
             base = base[: -len("/api/v1")]
         self._api = f"{base}/api/v1"
         self._shown = _without_credentials(base)
-        self._token = settings.token
-        self._admin_token = settings.admin_token or settings.token
+        self._token: str | Callable[[], str] = token_source or settings.token or ""
+        self._admin_token = settings.admin_token or self._token
         separate = bool(settings.admin_token) and settings.admin_token != settings.token
         self._admin_var = "FORGE_ADMIN_TOKEN" if separate else "FORGE_TOKEN"
         self._admin_users = frozenset(u.lower() for u in settings.admin_users)
