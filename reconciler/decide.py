@@ -184,6 +184,11 @@ def placement_reason(evaluations: list[Mapping[str, Any]]) -> str:
     return parts[0] if parts else "no allocation was placed (no evaluation explains why)"
 
 
+def _explains(evaluations: list[Mapping[str, Any]] | None) -> bool:
+    """Whether the evaluations say why nothing was placed (blocked, failed, or failed allocations)."""
+    return any(e.get("FailedTGAllocs") or e.get("Status") in ("blocked", "failed") for e in evaluations or [])
+
+
 def choose_worker(allocs: list[AllocView]) -> AllocView | None:
     """The allocation that ran (or runs) the work, if one can be told apart.
 
@@ -306,7 +311,7 @@ def decide_watch(
     if now <= deadline:
         return Decision(
             None,
-            waiting="waiting for placement" + (f" ({placement_reason(evaluations)})" if evaluations else ""),
+            waiting="waiting for placement" + (f" ({placement_reason(evaluations)})" if _explains(evaluations) else ""),
         )
     reason = placement_reason(evaluations or [])
     if attempt >= max_attempts:

@@ -73,6 +73,8 @@ def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[st
         note = "already upstream" if path in (getattr(outcome, "already_upstream", None) or []) else "pushed"
         _report(ctx, run, commit, f"result {note}: {path} ({doc['outcome']}, exit {doc['exit_code']})")
         reported.append(run.id)
+        if ctx.settings.forge.pr_comments:
+            _comment_on_pull(ctx, run, doc, path, commit)
     # Runs superseded by a newer run for the same result path are reported without their own file.
     for run in runs:
         if run.result_path and owners.get(run.result_path) is not run and run.id not in reported:
@@ -109,6 +111,22 @@ def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> No
             ctx.observe("report_latency", max(0.0, ctx.now() - parse_rfc3339(run.finished_at)))
     except StaleState:
         pass
+
+
+def _comment_on_pull(ctx: Context, run: RunRecord, doc: dict[str, Any], path: str, commit: str) -> None:
+    """Audit on the forge: one comment on the action's pull request with its outcome (optional, best effort)."""
+    if ctx.forge is None or not run.pull_number or not ctx.settings.forge.ops_repo:
+        return
+    mark = f"<!-- reconciler:result:{run.id}:{run.attempt} -->"
+    link = f"{(ctx.settings.forge.url or '').rstrip('/')}/{ctx.settings.forge.ops_repo}/src/commit/{commit}/{path}" if commit else path
+    body = (
+        f"{mark}\nVault action `{run.action_id}` was reported: outcome **{doc['outcome']}**, exit code {doc['exit_code']} "
+        f"(run `{run.id}`, attempt {run.attempt}). Result: {link}\n"
+    )
+    try:
+        ctx.forge.comment(ctx.settings.forge.ops_repo, run.pull_number, body, unless_marked=mark)
+    except (TransientError, PermanentError) as exc:
+        run_log(run).warning("could not comment on pull request #%s: %s", run.pull_number, exc)
 
 
 def stored_document(ctx: Context, run_id: str) -> dict[str, Any] | None:

@@ -59,6 +59,8 @@ class ForgeSettings:
     ops_repo: str | None = None
     repo: str | None = None
     admin_users: tuple[str, ...] = ("vault-bot", "admin")
+    pr_comments: bool = False
+    """Comment on an action's pull request when its result is reported (audit on the forge)."""
     timeout: float = 10.0
 
 
@@ -214,6 +216,7 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "FORGE_OPS_REPO": ("forge", "ops_repo", str),
     "FORGE_REPO": ("forge", "repo", str),
     "FORGE_ADMIN_USERS": ("forge", "admin_users", _list_or_csv),
+    "RECONCILER_PR_COMMENTS": ("forge", "pr_comments", _bool),
     "OPS_REPO_ROOT": ("ops", "root", Path),
     "OPS_REPO_REMOTE": ("ops", "remote", str),
     "PRIMARY_BRANCH": ("ops", "primary_branch", str),

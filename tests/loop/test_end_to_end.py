@@ -306,3 +306,21 @@ def test_metrics_after_a_run_show_transitions_and_latencies(cluster, harness):
     assert re.search(r"reconciler_report_latency_seconds_count [1-9]", text)
     assert re.search(r"reconciler_pass_duration_seconds_count [1-9]", text)
     assert health.status_code == 200
+
+
+def test_optional_comment_on_the_pull_request(cluster, tmp_path):
+    from dataclasses import replace
+
+    from tests.conftest import Harness
+
+    h = Harness(cluster, tmp_path)
+    h.ctx.settings = replace(h.settings, forge=replace(h.settings.forge, pr_comments=True))
+    try:
+        number, _ = cluster.merge_action("pr-comment-1", action_toml("pr-comment-1"))
+        h.until_idle()
+        h.run_pass()
+        comments = cluster.forge.comments(OPS_REPO, number)
+        assert len(comments) == 1
+        assert "outcome **success**" in comments[0]["body"] and "pr-comment-1" in comments[0]["body"]
+    finally:
+        h.close()
