@@ -40,6 +40,8 @@ class Context:
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None
     """The ops repo commit this pass reads desired state from."""
+    pass_cache: dict[Any, Any] = field(default_factory=dict)
+    """Answers shared by every step of one pass; cleared by ``begin_pass``."""
     parent_checks: dict[str, float] = field(default_factory=dict)
     """When each parent job was last found unchanged (drift guard)."""
     parent_warned: set[str] = field(default_factory=set)
@@ -50,6 +52,20 @@ class Context:
 
     def now(self) -> float:
         return self.clock()
+
+    def begin_pass(self) -> None:
+        """Forget what the previous pass learned from the forge (approvals may have changed since)."""
+        with self._lock:
+            self.pass_cache.clear()
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """A value computed at most once per pass (gate readers, trusted tiers)."""
+        with self._lock:
+            if key in self.pass_cache:
+                return self.pass_cache[key]
+        value = compute()
+        with self._lock:
+            return self.pass_cache.setdefault(key, value)
 
     def observe(self, what: str, *args: Any) -> None:
         """Record a metric if metrics are on (``what`` names a ``Metrics`` method)."""

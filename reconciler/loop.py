@@ -96,6 +96,7 @@ class Reconciler:
             ctx.observe("alive")
             return summary
         ctx.observe("set_leader", True)
+        ctx.begin_pass()
         try:
             if not self._ready:
                 ctx.ops.ensure_ready()

@@ -87,7 +87,7 @@ def assess_pending(ctx: Context, run: RunRecord) -> PendingVerdict:
         else:
             if ctx.forge is None or not ctx.settings.forge.ops_repo:
                 return PendingVerdict(facts, wait="cannot confirm approval: no forge configured (set FORGE_URL, FORGE_TOKEN, FORGE_OPS_REPO)")
-            reader = GateReaderAdapter(ctx.ops, ctx.forge, ctx.settings.forge.ops_repo, head)
+            reader = _reader(ctx, head)
             approval = gate.check_approval(run.path, data, reader, primary_branch=ctx.settings.ops.primary_branch)
             facts.update({"approved_via": approval.via, "approver": approval.approver, "pull_number": approval.pull_number})
     except gate.GateRejected as exc:
@@ -141,14 +141,23 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
         ctx.release_slot(candidate)
 
 
+def _reader(ctx: Context, head: str) -> GateReaderAdapter:
+    """One gate reader per head and pass: many actions merged together ask the forge once."""
+    assert ctx.forge is not None
+    forge, repo = ctx.forge, ctx.settings.forge.ops_repo or ""
+    return ctx.cached(("reader", head), lambda: GateReaderAdapter(ctx.ops, forge, repo, head))
+
+
 def _tier_for(ctx: Context, action: actions.Action) -> tuple[str, str]:
     """The action's tier from the tiers file as of its last approved change."""
     note = ""
     tiers: dict[str, str] = {}
     head = ctx.head or ""
     if ctx.forge is not None and ctx.settings.forge.ops_repo:
-        reader = GateReaderAdapter(ctx.ops, ctx.forge, ctx.settings.forge.ops_repo, head)
-        trusted = gate.trusted_tiers("vault/policy.toml", reader, primary_branch=ctx.settings.ops.primary_branch)
+        reader = _reader(ctx, head)
+        trusted = ctx.cached(
+            ("tiers", head), lambda: gate.trusted_tiers("vault/policy.toml", reader, primary_branch=ctx.settings.ops.primary_branch)
+        )
         if trusted.ignored:
             note = f"tiers file: {len(trusted.ignored)} unapproved change(s) ignored"
         content = trusted.content
