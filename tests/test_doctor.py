@@ -161,22 +161,14 @@ def test_check_lines_have_the_promised_shape():
 
 def test_token_files_are_read_when_settings_name_them(factory, tmp_path):
     """Settings groups may carry ``token_file`` (``*_TOKEN_FILE``); doctor reads it like the service does."""
-    from dataclasses import dataclass
-
-    from reconciler.settings import VaultSettings
-
-    @dataclass(frozen=True)
-    class VaultWithFile(VaultSettings):
-        token_file: str | None = None
-
     token_file = tmp_path / "vault.token"
     token_file.write_text(factory.dispatcher_token + "\n")
     settings = factory.settings()
-    vault = VaultWithFile(**{**settings.vault.__dict__, "token": None}, token_file=str(token_file))
+    vault = replace(settings.vault, token=None, token_file=token_file)
     code, lines = doctor(replace(settings, vault=vault))
     assert code == 0, "\n".join(lines)
 
-    missing = VaultWithFile(**{**settings.vault.__dict__, "token": None}, token_file=str(tmp_path / "absent"))
+    missing = replace(settings.vault, token=None, token_file=tmp_path / "absent")
     code, lines = doctor(replace(settings, vault=missing))
     assert code == 1
     assert any(line.startswith("FAIL vault token file unusable") and "VAULT_TOKEN_FILE" in line for line in lines), lines
