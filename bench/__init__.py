@@ -1,0 +1,1 @@
+"""Benchmarks of the reconciler against the local doubles (``python -m bench.run``)."""
