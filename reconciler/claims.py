@@ -72,6 +72,22 @@ def read(ctx: Context, run_id: str) -> ClaimRecord | None:
     return ClaimRecord.from_variable(run_id, var) if var else None
 
 
+def known_paths(ctx: Context) -> set[str] | None:
+    """Every claim record's path, listed once per pass (None when the client cannot list)."""
+    lister = getattr(ctx.nomad, "variable_paths", None)
+    if lister is None:
+        return None
+    return ctx.cached(("claim-paths",), lambda: lister(PREFIX))
+
+
+def prior_of(ctx: Context, run: RunRecord) -> ClaimRecord | None:
+    """The durable record of a run the store may have forgotten (only looked up when one exists)."""
+    paths = known_paths(ctx)
+    if paths is not None and path_for(run.id) not in paths:
+        return None
+    return read(ctx, run.id)
+
+
 def _items(run: RunRecord, claim: Claim, *, job_id: str = "", state: str) -> dict[str, str]:
     return {
         "run_id": run.id,
@@ -104,10 +120,17 @@ def record_attempt(ctx: Context, run: RunRecord, claim: Claim, *, supersede: boo
             cas = 0
         try:
             var = ctx.nomad.put_variable(path, _items(run, claim, state="dispatching"), cas=cas)  # type: ignore[attr-defined]
-            return ClaimRecord.from_variable(run.id, var or {"Items": _items(run, claim, state="dispatching")})
+            record = ClaimRecord.from_variable(run.id, var or {"Items": _items(run, claim, state="dispatching")})
+            ctx.claim_records[run.id] = record
+            return record
         except ConflictError:
             continue
     raise TransientError(f"could not record the claim of {run.id} in Nomad variable {path}: it keeps changing", system="nomad")
+
+
+def _current(ctx: Context, run: RunRecord) -> ClaimRecord | None:
+    """The record as this process last wrote it, else as Nomad has it."""
+    return ctx.claim_records.get(run.id) or read(ctx, run.id)
 
 
 def _rewrite(ctx: Context, run: RunRecord, current: ClaimRecord, **changes: str) -> None:
@@ -124,14 +147,19 @@ def _rewrite(ctx: Context, run: RunRecord, current: ClaimRecord, **changes: str)
     }
     items.update(changes)
     try:
-        ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
+        var = ctx.nomad.put_variable(path_for(run.id), items, cas=current.modify_index)  # type: ignore[attr-defined]
+        if var:
+            ctx.claim_records[run.id] = ClaimRecord.from_variable(run.id, var)
     except ConflictError:
-        pass
+        ctx.claim_records.pop(run.id, None)
+        fresh = read(ctx, run.id)
+        if fresh is not None and fresh.token_accessor == current.token_accessor and fresh.modify_index != current.modify_index:
+            _rewrite(ctx, run, fresh, **changes)
 
 
 def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_accessor: str, job_id: str) -> None:
     """Add the confirmed child's id to the record (best effort: the record already proves the claim)."""
-    current = read(ctx, run.id)
+    current = _current(ctx, run)
     if current is None or current.token_accessor not in (claim_accessor, ""):
         return
     _rewrite(
@@ -145,7 +173,8 @@ def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_acc
 
 def mark_done(ctx: Context, run: RunRecord) -> None:
     """Mark the record finished (the run was reported): a retry may claim a new attempt."""
-    current = read(ctx, run.id)
+    current = _current(ctx, run)
     if current is None or current.state == "done":
         return
     _rewrite(ctx, run, current, state="done")
+    ctx.claim_records.pop(run.id, None)

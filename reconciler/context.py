@@ -40,6 +40,11 @@ class Context:
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None
     """The ops repo commit this pass reads desired state from."""
+    claim_records: dict[str, Any] = field(default_factory=dict)
+    """Durable claim records as this process last wrote them (saves a read before each rewrite)."""
+    commit_times: dict[str, float] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+    """Accessors this process revoked (revoking is idempotent; this only saves repeat calls)."""
     pass_cache: dict[Any, Any] = field(default_factory=dict)
     """Answers shared by every step of one pass; cleared by ``begin_pass``."""
     parent_checks: dict[str, float] = field(default_factory=dict)
@@ -79,7 +84,7 @@ class Context:
         """Why no run may take new work now (operator brakes), or None."""
         from reconciler import brakes
 
-        b = brakes.read(self.store)
+        b = self.cached(("brakes",), lambda: brakes.read(self.store))
         if b.holds_new_work:
             return f"held: dispatching is {b.describe()} (`reconciler resume` lifts it)"
         return None

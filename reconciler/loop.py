@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
@@ -64,6 +64,12 @@ class Reconciler:
         self._ready = False
         self._repush: list[str] = []
         self._last_sidecar_scan = float("-inf")
+        self._stepping: dict[str, Any] = {}
+        self._steps_lock = threading.Lock()
+        self._remote_dirty = threading.Event()
+        self._last_fetch = float("-inf")
+        self._alloc_index = 0
+        self._last_watch: dict[str, float] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -86,7 +92,9 @@ class Reconciler:
         self._wake.set()
 
     # -- one pass ---------------------------------------------------------------
-    def run_pass(self) -> PassSummary:
+    def run_pass(self, *, wait: bool = True) -> PassSummary:
+        """One pass. With ``wait=False`` (the service) steps keep running on the pool after it
+        returns, and each one that finishes wakes the loop, so a run never waits for others."""
         ctx = self.ctx
         started = time.monotonic()
         summary = PassSummary()
@@ -101,8 +109,11 @@ class Reconciler:
             if not self._ready:
                 ctx.ops.ensure_ready()
                 self._ready = True
-            head = ctx.ops.fetch()
-            ctx.head = head
+            if wait or self._remote_dirty.is_set() or ctx.head is None or time.monotonic() - self._last_fetch >= ctx.settings.loop.interval:
+                self._remote_dirty.clear()
+                ctx.head = ctx.ops.fetch()
+                self._last_fetch = time.monotonic()
+            head = ctx.head
             summary.head = head
             scan = desired.scan(ctx, head)
             summary.created = len(scan.created)
@@ -118,18 +129,20 @@ class Reconciler:
                 summary.errors.append(f"issue tracker: {exc}")
                 log.warning("issue tracker unavailable, sidecar discovery skipped this pass: %s", exc)
 
-        now = ctx.now()
-        due = [r for r in ctx.store.runs(ACTIVE) if step_for(r) is not None and _due(r, now)]
-        # Runs that already hold a claim go first, so pending ones cannot starve them.
-        due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
-        if ctx.head is None:
-            due = [r for r in due if State(r.state) != State.PENDING or r.kind != "vault-action"]
-        futures = [self._pool.submit(self._step, r) for r in due]
-        for f in futures:
-            err = f.result()
-            if err:
-                summary.errors.append(err)
+        due = self._select_due(ctx)
         summary.stepped = len(due)
+        futures = []
+        for run in due:
+            future = self._pool.submit(self._step, run)
+            with self._steps_lock:
+                self._stepping[run.id] = future
+            future.add_done_callback(lambda f, rid=run.id: self._step_done(rid))
+            futures.append(future)
+        if wait:
+            for f in futures:
+                err = f.result()
+                if err:
+                    summary.errors.append(err)
         if self.leadership is None or self.leadership.is_leader:
             if ctx.head is not None:
                 try:
@@ -143,6 +156,60 @@ class Reconciler:
         ctx.observe("pass_duration", summary.duration)
         ctx.observe("set_runs_by_state", ctx.store.counts())
         return summary
+
+    #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
+    WATCH_SAFETY = 5.0
+
+    def _select_due(self, ctx: Context) -> list[RunRecord]:
+        """Runs to step this pass: not already stepping, due, and worth a look.
+
+        Watched runs (dispatched, running) are looked at when Nomad says their
+        allocations changed, when new, or every WATCH_SAFETY seconds (deadlines,
+        jobs gone behind our back). Pending vault actions are admitted only as far
+        as in-flight capacity allows, so a backlog costs nothing per pass.
+        """
+        now = ctx.now()
+        mono = time.monotonic()
+        with self._steps_lock:
+            busy = set(self._stepping)
+        runs = [r for r in ctx.store.runs(ACTIVE) if r.id not in busy and step_for(r) is not None and _due(r, now)]
+        watched = [r for r in runs if State(r.state) in (State.DISPATCHED, State.RUNNING)]
+        changed: set[str] | None = None
+        if watched and hasattr(ctx.nomad, "allocation_changes"):
+            try:
+                index, changed = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
+                self._alloc_index = index
+            except (TransientError, PermanentError):
+                changed = None
+        due: list[RunRecord] = []
+        pending: list[RunRecord] = []
+        for r in runs:
+            state = State(r.state)
+            if state in (State.DISPATCHED, State.RUNNING):
+                last = self._last_watch.get(r.id)
+                if changed is None or last is None or r.nomad_job_id in changed or mono - last >= self.WATCH_SAFETY:
+                    self._last_watch[r.id] = mono
+                    due.append(r)
+            elif state == State.PENDING and r.kind == "vault-action":
+                pending.append(r)
+            else:
+                due.append(r)
+        if ctx.head is not None and pending:
+            free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
+            # a few more than the free slots: some will be rejected, not bound
+            pending.sort(key=lambda r: r.created_at)
+            due.extend(pending[: max(0, free) + 8])
+        due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
+        return due
+
+    def _step_done(self, run_id: str) -> None:
+        with self._steps_lock:
+            self._stepping.pop(run_id, None)
+        self._wake.set()
+
+    def remote_changed(self) -> None:
+        self._remote_dirty.set()
+        self._wake.set()
 
     def _step(self, run: RecordLike) -> str | None:
         ctx = self.ctx
@@ -195,7 +262,7 @@ class Reconciler:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
-        watchers = Watchers(self.ctx.nomad, self.ctx.ops, self.wake).start()
+        watchers = Watchers(self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed).start()
         try:
             return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
         finally:
@@ -210,9 +277,11 @@ class Reconciler:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 continue
-            summary = self.run_pass()
+            summary = self.run_pass(wait=False)
             active = self.ctx.store.runs(ACTIVE)
-            if until_idle and not active:
+            with self._steps_lock:
+                stepping = bool(self._stepping)
+            if until_idle and not active and not stepping:
                 return True
             if self._drained(active):
                 log.warning("drained: nothing in flight any more; exiting as `reconciler drain` asked")
@@ -220,7 +289,7 @@ class Reconciler:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             wait = interval
-            if active:
+            if active or stepping:
                 wait = min(interval, self._next_due(active))
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))

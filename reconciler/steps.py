@@ -112,7 +112,7 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
         return _reject(ctx, run, verdict.reject)
     tier, tiers_note = facts["tier"], verdict.note
 
-    prior = claims.read(ctx, run.id)
+    prior = claims.prior_of(ctx, run)
     if prior is not None and prior.attempt > run.attempt:
         return _recover_into_bound(ctx, run, prior, facts)
 
@@ -237,8 +237,9 @@ def revoke_claim(ctx: Context, run: RunRecord) -> None:
     """Revoke the attempt's claim token and its wrapping token (idempotent)."""
     ctx.claims.pop(run.id, None)
     for accessor in (run.token_accessor, run.wrapping_accessor):
-        if accessor:
+        if accessor and accessor not in ctx.revoked:
             ctx.vault.revoke_accessor(accessor)
+            ctx.revoked.add(accessor)
 
 
 def _recover_into_bound(ctx: Context, run: RunRecord, prior: claims.ClaimRecord, facts: dict[str, Any]) -> RunRecord:
@@ -379,9 +380,12 @@ def guard_parent(ctx: Context, parent: str) -> None:
 
 def _desired_since(ctx: Context, run: RunRecord) -> float:
     """When the action became desired: its source commit's time, else the run's creation."""
+    sha = run.source_commit
     try:
-        if run.source_commit and hasattr(ctx.ops, "commit"):
-            return parse_rfc3339(ctx.ops.commit(run.source_commit).committed_at)  # type: ignore[attr-defined]
+        if sha and sha not in ctx.commit_times and hasattr(ctx.ops, "commit"):
+            ctx.commit_times[sha] = parse_rfc3339(ctx.ops.commit(sha).committed_at)  # type: ignore[attr-defined]
+        if sha in ctx.commit_times:
+            return ctx.commit_times[sha]
     except Exception:
         pass
     return parse_rfc3339(run.created_at) if run.created_at else ctx.now()

@@ -25,10 +25,20 @@ log = logging.getLogger("reconciler.watch")
 
 
 class Watchers:
-    def __init__(self, nomad: Any, ops: Any, wake: Callable[[], None], *, remote_poll: float = 1.0, nomad_wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        nomad: Any,
+        ops: Any,
+        wake: Callable[[], None],
+        *,
+        on_remote: Callable[[], None] | None = None,
+        remote_poll: float = 1.0,
+        nomad_wait: float = 30.0,
+    ) -> None:
         self._nomad = nomad
         self._ops = ops
         self._wake = wake
+        self._on_remote = on_remote or wake
         self._remote_poll = remote_poll
         self._nomad_wait = nomad_wait
         self._stop = threading.Event()
@@ -74,5 +84,5 @@ class Watchers:
                 continue
             if last is not None and head != last:
                 self.wakeups["remote"] += 1
-                self._wake()
+                self._on_remote()
             last = head

@@ -319,6 +319,23 @@ class NomadClient:
         except NotFoundError:
             return []
 
+    def allocation_changes(self, index: int) -> tuple[int, set[str]]:
+        """Jobs whose allocations changed after ``index`` (one non-blocking list), and the new index.
+
+        Lets the loop look only at the children that moved instead of polling every one.
+        """
+        resp = self._raw(
+            "list allocations", self._nomad.allocations, method="get", params={"task_states": "false"}
+        )
+        new_index = int(resp.headers.get("X-Nomad-Index") or index)
+        changed = {str(a.get("JobID")) for a in resp.json() or [] if int(a.get("ModifyIndex") or 0) > index}
+        return new_index, changed
+
+    def variable_paths(self, prefix: str) -> set[str]:
+        """Paths of the variables under ``prefix`` (metadata only, one list)."""
+        resp = self._raw("list variables", self._nomad.variables, method="get", params={"prefix": prefix})
+        return {str(v.get("Path")) for v in resp.json() or []}
+
     def allocation(self, alloc_id: str) -> dict[str, Any] | None:
         """One full allocation, or None."""
         try:
