@@ -30,22 +30,26 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
 
     from reconciler.credentials import NOMAD_HEADER, VAULT_HEADER, HeaderAuth, TokenSource
 
-    def session_for(token: str | None, path: Any, header: str, what: str) -> Any:
-        """A requests session that sends the token current at each request (files are re-read when they change)."""
-        source = TokenSource.of(None, path, what=what) if path else None
-        if source is None:
-            return None
+    def session_for(path: Any, header: str, what: str) -> Any:
+        """A pooled requests session sized for the step workers; with a token file, it sends the
+        token current at each request (re-read when the file changes)."""
         import requests
+        from requests.adapters import HTTPAdapter
 
         session = requests.Session()
-        session.auth = HeaderAuth(source, header)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        source = TokenSource.of(None, path, what=what) if path else None
+        if source is not None:
+            session.auth = HeaderAuth(source, header)
         return session
 
-    nomad_session = session_for(settings.nomad.token, settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
-    vault_session = session_for(settings.vault.token, settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
+    nomad_session = session_for(settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
+    vault_session = session_for(settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
     forge_source = TokenSource.of(None, settings.forge.token_file, what="FORGE_TOKEN_FILE") if settings.forge.token_file else None
     forge = (
-        ForgeClient(settings.forge, token_source=forge_source)
+        ForgeClient(settings.forge, token_source=forge_source, session=session_for(None, "", "forge"))
         if settings.forge.url and (settings.forge.token or forge_source)
         else None
     )
@@ -55,8 +59,8 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         metrics=metrics,
         settings=settings,
         store=store,
-        nomad=NomadClient(settings.nomad, session=nomad_session) if nomad_session else NomadClient(settings.nomad),
-        vault=VaultClient(settings.vault, session=vault_session) if vault_session else VaultClient(settings.vault),
+        nomad=NomadClient(settings.nomad, session=nomad_session),
+        vault=VaultClient(settings.vault, session=vault_session),
         ops=OpsRepo(settings.ops, remote),
         forge=forge,
         clock=clock,

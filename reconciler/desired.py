@@ -56,12 +56,12 @@ def scan(ctx: Context, head: str, *, full: bool = False) -> ScanSummary:
         summary.full = True
         candidates = set(files)
         removed: set[str] = set()
-        for run in ctx.store.runs(ACTIVE):
-            if run.path and run.path not in files:
-                removed.add(run.path)
-        for run in ctx.store.runs([State.REPORTED]):
-            if run.result_path and run.result_path not in files:
-                removed.add(run.result_path)
+        for _, path in ctx.store.column_by_state("path", ACTIVE):
+            if path and path not in files:
+                removed.add(path)
+        for _, result_path in ctx.store.column_by_state("result_path", [State.REPORTED]):
+            if result_path and result_path not in files:
+                removed.add(result_path)
     else:
         try:
             changed = [p for p in ctx.ops.changed_paths(last, head) if posixpath.dirname(p) == ACTIONS_DIR]
@@ -89,7 +89,7 @@ def _consider_action(ctx: Context, head: str, path: str, results_on_main: set[st
     action_id = actions.action_id_from_file_name(name)
     result_path = actions.result_path(action_id) if action_id else None
     if result_path and result_path in results_on_main:
-        if not any(r.state in ACTIVE for r in ctx.store.runs_for_action(action_id or "")):
+        if not ctx.store.has_active_run(action_id or ""):
             return  # done: only an operator's retry runs it again
     limit = ctx.settings.actions.max_file_bytes
     data = ctx.ops.read(head, path, max_bytes=limit)

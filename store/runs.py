@@ -211,6 +211,24 @@ class RunStore:
     def active(self) -> list[RunRecord]:
         return self.runs(ACTIVE)
 
+    def column_by_state(self, column: str, states: Iterable[State]) -> list[tuple[str, str | None]]:
+        """``(id, column)`` of the runs in ``states``, without building records (cheap over long histories)."""
+        if column not in RunRecord.model_fields:
+            raise StoreError(f"no column {column!r}")
+        values = [State(s).value for s in states]
+        marks = ",".join("?" * len(values))
+        with self._lock:
+            return [(r[0], r[1]) for r in self.db.execute(f"select id, {column} from runs where state in ({marks})", values).fetchall()]
+
+    def has_active_run(self, action_id: str) -> bool:
+        values = [s.value for s in ACTIVE]
+        with self._lock:
+            row = self.db.execute(
+                f"select 1 from runs where action_id = ? and state in ({','.join('?' * len(values))}) limit 1",
+                [action_id, *values],
+            ).fetchone()
+        return row is not None
+
     def runs_for_action(self, action_id: str) -> list[RunRecord]:
         with self._lock:
             rows = list(self.db.query("select * from runs where action_id = ? order by created_at, rowid", [action_id]))
