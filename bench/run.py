@@ -359,8 +359,8 @@ class Bench:
             ops._run = counted_run  # type: ignore[method-assign]
         original_pass = self.reconciler.run_pass
 
-        def timed_pass() -> Any:
-            summary = original_pass()
+        def timed_pass(**kw: Any) -> Any:
+            summary = original_pass(**kw)
             self.passes.append(
                 {"at": time.time(), "duration": summary.duration, "created": summary.created,
                  "stepped": summary.stepped, "reported": summary.reported, "errors": len(summary.errors)}

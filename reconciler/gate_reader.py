@@ -41,6 +41,13 @@ class GateReaderAdapter:
         return self._own
 
     def last_change(self, path: str) -> CommitInfo | None:
+        batch = getattr(self._ops, "last_changes", None)
+        directory = path.rsplit("/", 1)[0] if "/" in path else ""
+        if batch is not None and directory:
+            # one walk answers for every file of the folder (many actions merged together)
+            changes = self._cached(("last-dir", directory), lambda: batch(self._head, directory))
+            if path in changes:
+                return changes[path]
         return self._cached(("last", path), lambda: self._ops.last_change(self._head, path))
 
     def history(self, path: str) -> list[CommitInfo]:

@@ -877,6 +877,36 @@ class OpsRepo:
         found = self._path_commits(sha, path, limit=1)
         return found[0] if found else None
 
+    def last_changes(self, sha: str, directory: str) -> dict[str, CommitInfo]:
+        """``last_change`` for every path under ``directory`` at once: one ``git log`` walk.
+
+        The loop approves many actions merged together; one walk instead of one
+        ``git log`` per file.
+        """
+        self._ready()
+        proc = self._run(
+            ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", _check_path(directory)],
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise self._unknown_or_failure(sha, "git log", proc)
+        newest: dict[str, str] = {}
+        current = ""
+        for token in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
+            token = token.strip("\n")
+            if not token:
+                continue
+            if token.startswith("\x01"):
+                header, _, rest = token[1:].partition("\n")
+                current = header.strip()
+                token = rest.strip("\n")
+                if not token:
+                    continue
+            newest.setdefault(token, current)
+        shas = sorted(set(newest.values()))
+        infos = {info.sha: info for info in self._commits(shas)} if shas else {}
+        return {path: infos[c] for path, c in newest.items()}
+
     def history(self, sha: str, path: str) -> list[CommitInfo]:
         """Every such commit, newest first."""
         return self._path_commits(sha, path, limit=None)

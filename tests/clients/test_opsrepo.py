@@ -589,3 +589,32 @@ def test_many_processes_pushing_different_results_all_land(tmp_path: Path, url: 
     for commit in git(remote, "rev-list", "main", "--not", "main~12").split():
         changed = git(remote, "diff", "--name-only", f"{commit}^", commit).split()
         assert len(changed) == 2 and all(p.startswith("vault/actions/w") for p in changed)
+
+
+def test_last_changes_in_one_walk_match_last_change_per_file(tmp_path):
+    """The batched walk attributes each file to the same commit as ``last_change`` - in particular a
+    merge of a branch that started before a direct commit does not claim that direct commit's file."""
+    from reconciler.clients.opsrepo import OpsRepo
+    from reconciler.doubles.forge import ForgeDouble
+    from reconciler.settings import OpsRepoSettings
+
+    forge = ForgeDouble().start()
+    try:
+        forge.add_user("admin", is_admin=True)
+        forge.add_user("alice")
+        forge.add_repo("o/ops", tmp_path / "ops.git")
+        first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
+        forge.merge("o/ops", first, merger="admin")
+        late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z"})
+        direct = forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
+        merge_z = forge.merge("o/ops", late, merger="admin")  # branch of z predates the direct commit
+        ops = OpsRepo(OpsRepoSettings(root=tmp_path / "clone"), (tmp_path / "ops.git").as_uri())
+        head = ops.fetch()
+        batch = ops.last_changes(head, "vault/actions")
+        for name in ("x", "y", "z"):
+            path = f"vault/actions/{name}.toml"
+            assert batch[path].sha == ops.last_change(head, path).sha, path
+        assert batch["vault/actions/y.toml"].sha == direct
+        assert batch["vault/actions/z.toml"].sha == merge_z
+    finally:
+        forge.stop()
