@@ -355,7 +355,7 @@ def retry(ctx: click.Context, ref: str) -> None:
                 "outcome": None, "exit_code": None, "error": None, "nomad_job_id": None, "alloc_id": None,
                 "dispatched_at": None, "dispatch_started_at": None, "started_at": None, "finished_at": None,
                 "token_accessor": None, "wrapping_accessor": None, "claim_expires_at": None, "log_tail": None,
-                "next_try_at": None, "waiting": None, "failures": 0, "reported_commit": None,
+                "next_try_at": None, "waiting": None, "failures": 0, "reported_commit": None, "idempotency_token": None,
                 "result_path": run.result_path or (f"vault/actions/{run.action_id}.result.json" if run.action_id else None),
             },
         )

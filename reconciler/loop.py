@@ -225,6 +225,9 @@ class Reconciler:
                 if after == before or after not in STEPS or after in (State.DISPATCHED,):
                     break
                 step = step_for(current)
+            if current.failures:
+                # the step went through: the backoff counts consecutive failures only
+                ctx.store.update(run.id, {"failures": 0})
             return None
         except StaleState:
             return None

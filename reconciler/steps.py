@@ -124,7 +124,9 @@ def step_pending(ctx: Context, run: RunRecord) -> RunRecord:
     if blocked:
         return _wait(ctx, run, blocked, 2.0, facts)
     try:
-        attempt = run.attempt + 1
+        # An attempt whose intent was saved but never bound (a crash in between) is reused, not skipped.
+        unbound = run.attempt > 0 and run.idempotency_token == f"{run.id}/{run.attempt}" and not run.token_accessor
+        attempt = run.attempt if unbound else run.attempt + 1
         # Journal what the effect will use before making it.
         run = ctx.store.update(run.id, {**facts, "attempt": attempt, "idempotency_token": f"{run.id}/{attempt}"})
         claim = _mint(ctx, run)

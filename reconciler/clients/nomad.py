@@ -27,6 +27,7 @@ and :class:`CasConflict` (a ``TransientError`` carrying the variable that won) f
 from __future__ import annotations
 
 import base64
+import time
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
@@ -42,6 +43,8 @@ from reconciler.settings import NomadSettings
 __all__ = ["NomadClient", "DispatchResult", "CasConflict", "classify", "translate"]
 
 SYSTEM = "nomad"
+READ_ATTEMPTS = 3
+"""Tries of an idempotent read before a transient failure is passed on."""
 T = TypeVar("T")
 
 
@@ -197,6 +200,21 @@ class NomadClient:
         except (BaseNomadException, requests.RequestException) as exc:
             raise translate(exc, what=what, addr=self.addr) from exc
 
+    def _lib_read(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``_lib`` for idempotent reads: a transient failure is tried again a few times, briefly."""
+        delay = 0.1
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self._lib(what, fn, *args, **kwargs)
+            except ConflictError:
+                raise
+            except TransientError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(delay)
+                delay *= 3
+        raise AssertionError("unreachable")
+
     def _raw(
         self,
         what: str,
@@ -207,12 +225,16 @@ class NomadClient:
         body: Any = None,
         timeout: float | None = None,
     ) -> requests.Response:
-        """A request python-nomad cannot express, sent through its requester (token, region, errors)."""
+        """A request python-nomad cannot express, sent through its requester (token, region, errors).
+
+        GETs are idempotent and retried briefly on transient failures; writes are not.
+        """
         query = {"namespace": self.settings.namespace, **(params or {})}
         kwargs: dict[str, Any] = {"method": method, "params": query, "timeout": timeout or self.settings.timeout}
         if body is not None:
             kwargs["json"] = body
-        return self._lib(what, api.request, *path, **kwargs)
+        call = self._lib_read if method.lower() == "get" else self._lib
+        return call(what, api.request, *path, **kwargs)
 
     @staticmethod
     def _status(exc: ReconcilerError) -> int | None:
@@ -292,13 +314,13 @@ class NomadClient:
     def job(self, job_id: str) -> dict[str, Any] | None:
         """The job, or None when Nomad has no such job (never registered, purged or garbage-collected)."""
         try:
-            return self._lib(f"read job {job_id}", self._nomad.job.get_job, job_id, namespace=self.settings.namespace)
+            return self._lib_read(f"read job {job_id}", self._nomad.job.get_job, job_id, namespace=self.settings.namespace)
         except NotFoundError:
             return None
 
     def children(self, parent: str, *, meta: bool = True) -> list[dict[str, Any]]:
         """List stubs of ``parent``'s dispatched children (with ``Meta`` when ``meta``)."""
-        stubs = self._lib(
+        stubs = self._lib_read(
             f"list children of {parent}",
             self._nomad.jobs.get_jobs,
             prefix=f"{parent}/dispatch-",
@@ -310,7 +332,7 @@ class NomadClient:
     def allocations(self, job_id: str) -> list[dict[str, Any]]:
         """The job's allocation stubs (empty when the job is gone)."""
         try:
-            return self._lib(
+            return self._lib_read(
                 f"list allocations of {job_id}",
                 self._nomad.job.get_allocations,
                 job_id,
@@ -346,7 +368,7 @@ class NomadClient:
     def evaluations(self, job_id: str) -> list[dict[str, Any]]:
         """The job's evaluations: why a dispatched job has not started (``FailedTGAllocs``)."""
         try:
-            return self._lib(
+            return self._lib_read(
                 f"list evaluations of {job_id}",
                 self._nomad.job.get_evaluations,
                 job_id,
@@ -420,7 +442,7 @@ class NomadClient:
     def variable(self, path: str) -> dict[str, Any] | None:
         """The variable at ``path`` (with ``Items`` and ``ModifyIndex``), or None."""
         try:
-            return self._lib(
+            return self._lib_read(
                 f"read variable {path}", self._nomad.variable.get_variable, path, namespace=self.settings.namespace
             )
         except NotFoundError:

@@ -131,11 +131,19 @@ def test_dispatch_confirms_by_read_back_after_a_26690_drop(client: NomadClient, 
 
 
 def test_dispatch_unconfirmed_read_back_is_transient(client: NomadClient, double: NomadDouble) -> None:
-    double.faults.fail_next(1, "error", match=lambda r: r.method == "GET" and r.path.startswith("/v1/job/"))
+    from reconciler.clients.nomad import READ_ATTEMPTS
+
+    double.faults.fail_next(READ_ATTEMPTS, "error", match=lambda r: r.method == "GET" and r.path.startswith("/v1/job/"))
     with pytest.raises(TransientError):
         dispatch(client)
     again = dispatch(client)  # the caller's later pass, same token
     assert again.existing and len(double.children("vault-runner")) == 1
+
+
+def test_one_failed_read_is_tried_again(client: NomadClient, double: NomadDouble) -> None:
+    first = dispatch(client)
+    double.faults.fail_next(1, "drop", match=lambda r: r.method == "GET" and r.path.startswith("/v1/job/"))
+    assert client.job(first.job_id)["ID"] == first.job_id
 
 
 def test_dispatch_dropped_connection_is_transient_and_retry_is_safe(client: NomadClient, double: NomadDouble) -> None:
