@@ -69,6 +69,7 @@ class Reconciler:
         self._remote_dirty = threading.Event()
         self._last_fetch = float("-inf")
         self._alloc_index = 0
+        self._last_alloc_list = float("-inf")
         self._last_watch: dict[str, float] = {}
 
     def close(self) -> None:
@@ -159,6 +160,10 @@ class Reconciler:
 
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
+    #: Seconds a wake-up waits so that many finishing steps share one pass.
+    COALESCE = 0.05
+    #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
+    ALLOC_LIST_EVERY = 0.2
 
     def _select_due(self, ctx: Context) -> list[RunRecord]:
         """Runs to step this pass: not already stepping, due, and worth a look.
@@ -174,11 +179,12 @@ class Reconciler:
             busy = set(self._stepping)
         runs = [r for r in ctx.store.runs(ACTIVE) if r.id not in busy and step_for(r) is not None and _due(r, now)]
         watched = [r for r in runs if State(r.state) in (State.DISPATCHED, State.RUNNING)]
-        changed: set[str] | None = None
-        if watched and hasattr(ctx.nomad, "allocation_changes"):
+        changed: set[str] | None = set()
+        if watched and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
             try:
                 index, changed = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
                 self._alloc_index = index
+                self._last_alloc_list = mono
             except (TransientError, PermanentError):
                 changed = None
         due: list[RunRecord] = []
@@ -297,7 +303,9 @@ class Reconciler:
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             log.debug("pass done in %.3f s: %s; next in %.2f s", summary.duration, summary, wait)
-            self._wake.wait(wait)
+            if self._wake.wait(wait):
+                # Coalesce: steps finishing together share the next pass.
+                time.sleep(self.COALESCE)
             self._wake.clear()
         return True
 
