@@ -1,0 +1,23 @@
+"""Fixtures of the crash tests: one local factory per module, with a marker formula."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.doubles.cluster import LocalCluster
+
+from .support import MarkerFormula, install_marker_formula
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A factory (doubles + bare ops repo) for the whole module; every runner process is killed at the end."""
+    c = LocalCluster(tmp_path_factory.mktemp("crash")).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def formula(cluster) -> MarkerFormula:
+    """``formulas/crash.sh``: one marker line per start, then a per-action sleep (default 1 s)."""
+    return install_marker_formula(cluster, "crash", default_seconds=1.0)
