@@ -59,6 +59,9 @@ class Reconciler:
                 clock=ctx.clock,
             )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
+        # Watching and collecting never queue behind a burst of new dispatches.
+        self._watch_pool = ThreadPoolExecutor(max_workers=max(4, workers // 2), thread_name_prefix="watch")
+        self._workers = workers
         self._wake = threading.Event()
         self._sleep = sleep
         self._ready = False
@@ -74,6 +77,7 @@ class Reconciler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._watch_pool.shutdown(wait=True)
         if self.leadership is not None:
             self.leadership.release()
 
@@ -134,7 +138,8 @@ class Reconciler:
         summary.stepped = len(due)
         futures = []
         for run in due:
-            future = self._pool.submit(self._step, run)
+            watching = State(run.state) in (State.DISPATCHED, State.RUNNING)
+            future = (self._watch_pool if watching else self._pool).submit(self._step, run)
             with self._steps_lock:
                 self._stepping[run.id] = future
             future.add_done_callback(lambda f, rid=run.id: self._step_done(rid))
@@ -202,9 +207,13 @@ class Reconciler:
                 due.append(r)
         if ctx.head is not None and pending:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
-            # a few more than the free slots: some will be rejected, not bound
+            with self._steps_lock:
+                queued = len(self._stepping)
+            # a few more than the free slots (some will be rejected, not bound), and never more than
+            # the workers can take now: a queue of pending steps would delay everything behind it
+            room = min(max(0, free) + 8, max(0, 2 * self._workers - queued))
             pending.sort(key=lambda r: r.created_at)
-            due.extend(pending[: max(0, free) + 8])
+            due.extend(pending[:room])
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         return due
 
