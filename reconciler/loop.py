@@ -71,6 +71,7 @@ class Reconciler:
         self._steps_lock = threading.Lock()
         self._remote_dirty = threading.Event()
         self._last_fetch = float("-inf")
+        self._pending_ids: set[str] = set()
         self._alloc_index = 0
         self._last_alloc_list = float("-inf")
         self._last_watch: dict[str, float] = {}
@@ -137,6 +138,9 @@ class Reconciler:
         due = self._select_due(ctx)
         summary.stepped = len(due)
         futures = []
+        self._pending_ids = {r.id for r in due if State(r.state) == State.PENDING} | {
+            rid for rid in self._pending_ids if rid in self._stepping
+        }
         for run in due:
             watching = State(run.state) in (State.DISPATCHED, State.RUNNING)
             future = (self._watch_pool if watching else self._pool).submit(self._step, run)
@@ -208,7 +212,7 @@ class Reconciler:
         if ctx.head is not None and pending:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
             with self._steps_lock:
-                queued = len(self._stepping)
+                queued = sum(1 for rid in self._stepping if rid in self._pending_ids)
             # a few more than the free slots (some will be rejected, not bound), and never more than
             # the workers can take now: a queue of pending steps would delay everything behind it
             room = min(max(0, free) + 8, max(0, 2 * self._workers - queued))
