@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import requests
 
-from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
+from reconciler.clients.errors import PermanentError, ReconcilerError, TransientError
 from reconciler.clients.opsrepo import redact
 from reconciler.credentials import CredentialError, TokenSource
 from reconciler.settings import Settings

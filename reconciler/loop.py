@@ -230,7 +230,7 @@ class Reconciler:
         self._remote_dirty.set()
         self._wake.set()
 
-    def _step(self, run: RecordLike) -> str | None:
+    def _step(self, run: RunRecord) -> str | None:
         ctx = self.ctx
         if self.leadership is not None and not self.leadership.is_leader:
             return "leadership lost: step skipped"
@@ -336,9 +336,6 @@ class Reconciler:
             if r.next_try_at:
                 soonest = min(soonest, max(0.05, parse_rfc3339(r.next_try_at) - now))
         return max(0.1, min(soonest, 0.5))
-
-
-RecordLike = RunRecord
 
 
 def _due(run: RunRecord, now: float) -> bool:

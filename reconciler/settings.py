@@ -10,7 +10,6 @@ No other module reads ``os.environ``.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path

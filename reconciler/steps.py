@@ -13,7 +13,6 @@ reason.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import posixpath
@@ -39,10 +38,6 @@ CLAIM_ONLY_POLICY = "runner-claim"
 LOG_LIMIT = 1000
 #: Rebind a claim whose wrapping token has less than this many seconds left.
 CLAIM_MARGIN = 15.0
-
-
-class StepError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------- pending
