@@ -31,7 +31,7 @@ class PullRequest:
     author: str
     """``user.login``: who opened it. Never the merger."""
     merged_by: str | None
-    """``merged_by.login``: who merged it (Forgejo has no ``merge_user``)."""
+    """``merged_by.login``: who merged it (Forgejo has no separate merge-user field)."""
     merge_commit_sha: str | None
     base_ref: str
     head_ref: str = ""

@@ -5,7 +5,7 @@ here, as the plain values of :mod:`reconciler.facts`. What the module knows abou
 (``shared/docs/CONTRACTS.md``) and relies on:
 
 * The merger of a pull request is ``merged_by``; ``user`` is its author. There is no
-  ``merge_user``, and this module never reads one.
+  separate merge-user field, and this module never reads one.
 * ``GET /repos/{o}/{r}/commits/{sha}/pull`` answers only for a *merge commit*; 404 becomes
   ``None``. A merge-commit message is typed text and is never parsed here.
 * ``is_admin`` is shown truthfully only to a site admin (or the user themself), so user

@@ -3,7 +3,7 @@
 Where python-nomad 2.1 disagrees with the Nomad server (``shared/docs/CONTRACTS.md``),
 this module follows the server:
 
-* **Idempotency token.** ``Job.dispatch_job(idempotency_token=...)`` sends the body key
+* **Idempotency token.** python-nomad 2.1's ``Job.dispatch_job`` with its idempotency-token argument sends the body key
   ``idempotency_token``, which the server silently ignores. :meth:`NomadClient.dispatch`
   sends the token as the query parameter ``?idempotency_token=``.
 * **A 200 does not prove the child exists** (issue 26690). :meth:`NomadClient.dispatch`

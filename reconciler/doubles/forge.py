@@ -5,7 +5,7 @@ What it serves, under ``/api/v1`` (see ``shared/docs/CONTRACTS.md``, Forgejo):
 * ``GET /user``, ``GET /users/{name}`` - ``is_admin`` is truthful only to a site admin or to
   the user looking up themself, as Forgejo's ``convert.ToUser`` does.
 * ``GET /repos/{o}/{r}``, ``GET /repos/{o}/{r}/labels``.
-* ``GET /repos/{o}/{r}/pulls/{n}`` - the merger is ``merged_by`` (there is no ``merge_user``),
+* ``GET /repos/{o}/{r}/pulls/{n}`` - the merger is ``merged_by`` (Forgejo has no separate merge-user field),
   ``user`` is the author.
 * ``GET /repos/{o}/{r}/commits/{sha}/pull`` - only the pull request whose *merge commit* is
   exactly ``sha``; 404 for any other commit.
