@@ -16,10 +16,9 @@ from typing import Iterator
 from reconciler import actions, brakes, desired
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context
-from reconciler.decide import decide_watch
-from reconciler.steps import RUNNER_TASK, assess_pending
+from reconciler.steps import assess_pending, decide_for, observe_child
 from states.machine import ACTIVE, AWAITING_REPORT, State
-from store.runs import parse_rfc3339
+from store.models import RunRecord
 
 
 def plan(ctx: Context) -> Iterator[str]:
@@ -89,24 +88,8 @@ def _new_runs(ctx: Context, head: str) -> Iterator[str]:
         yield f"{path}: would create a pending run ({run_id or 'no safe id: would be rejected'})"
 
 
-def _watch_line(ctx: Context, run) -> str:  # type: ignore[no-untyped-def]
-    job = ctx.nomad.job(run.nomad_job_id) if run.nomad_job_id else None
-    allocs = ctx.nomad.allocations(run.nomad_job_id) if job is not None and run.nomad_job_id else []
-    evals = ctx.nomad.evaluations(run.nomad_job_id) if job is not None and not allocs and run.nomad_job_id else None
-    d = decide_watch(
-        state=State(run.state),
-        attempt=run.attempt,
-        dispatched_at=parse_rfc3339(run.dispatched_at) if run.dispatched_at else None,
-        started_at=parse_rfc3339(run.started_at) if run.started_at else None,
-        timeout_minutes=int(run.timeout_minutes or 60),
-        job=job,
-        allocations=allocs,
-        evaluations=evals,
-        now=ctx.now(),
-        placement_deadline=float(ctx.settings.loop.placement_deadline),
-        max_attempts=ctx.settings.loop.max_attempts,
-        task=RUNNER_TASK if run.kind == "vault-action" else "sidecar",
-    )
+def _watch_line(ctx: Context, run: RunRecord) -> str:
+    d = decide_for(ctx, run, observe_child(ctx, run))
     if d.transition is None:
         return f"would keep watching ({d.waiting})"
     effects = [e for e, on in (("stop the job", d.stop_job), ("revoke the claim", d.revoke_claim)) if on]

@@ -454,29 +454,49 @@ def _collect_unknown(ctx: Context, run: RunRecord, reason: str) -> RunRecord:
 
 
 # --------------------------------------------------------------------------- dispatched / running
-def step_watch(ctx: Context, run: RunRecord) -> RunRecord:
-    """Watch the child: start, collect (exit, timeout, never started, lost), or replace."""
+@dataclass(frozen=True)
+class ChildView:
+    """What Nomad shows of a run's child: the job, its allocations, and (when nothing started) its evaluations."""
+
+    job: dict[str, Any] | None
+    allocations: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]] | None
+
+
+def observe_child(ctx: Context, run: RunRecord) -> ChildView:
     job_id = run.nomad_job_id
     job = ctx.nomad.job(job_id) if job_id else None
     allocs = ctx.nomad.allocations(job_id) if job is not None and job_id else []
     evals = None
-    if run.state == State.DISPATCHED and job is not None and not any(a.get("ClientStatus") in ("running", "complete", "failed", "lost", "unknown") for a in allocs):
+    started = ("running", "complete", "failed", "lost", "unknown")
+    if run.state == State.DISPATCHED and job is not None and not any(a.get("ClientStatus") in started for a in allocs):
         evals = ctx.nomad.evaluations(job_id or "")
+    return ChildView(job, allocs, evals)
+
+
+def decide_for(ctx: Context, run: RunRecord, child: ChildView) -> Decision:
+    """``decide_watch`` for ``run`` as it is stored, with what Nomad showed."""
+    return decide_watch(
+        state=State(run.state),
+        attempt=run.attempt,
+        dispatched_at=parse_rfc3339(run.dispatched_at) if run.dispatched_at else None,
+        started_at=parse_rfc3339(run.started_at) if run.started_at else None,
+        timeout_minutes=int(run.timeout_minutes or 60),
+        job=child.job,
+        allocations=child.allocations,
+        evaluations=child.evaluations,
+        now=ctx.now(),
+        placement_deadline=float(ctx.settings.loop.placement_deadline),
+        max_attempts=ctx.settings.loop.max_attempts,
+        task=RUNNER_TASK if run.kind == "vault-action" else "sidecar",
+    )
+
+
+def step_watch(ctx: Context, run: RunRecord) -> RunRecord:
+    """Watch the child: start, collect (exit, timeout, never started, lost), or replace."""
+    child = observe_child(ctx, run)
     for _ in range(2):
-        decision = decide_watch(
-            state=State(run.state),
-            attempt=run.attempt,
-            dispatched_at=parse_rfc3339(run.dispatched_at) if run.dispatched_at else None,
-            started_at=parse_rfc3339(run.started_at) if run.started_at else None,
-            timeout_minutes=int(run.timeout_minutes or 60),
-            job=job,
-            allocations=allocs,
-            evaluations=evals,
-            now=ctx.now(),
-            placement_deadline=float(ctx.settings.loop.placement_deadline),
-            max_attempts=ctx.settings.loop.max_attempts,
-            task=RUNNER_TASK if run.kind == "vault-action" else "sidecar",
-        )
+        decision = decide_for(ctx, run, child)
         run = execute(ctx, run, decision)
         if decision.transition != Transition.START:
             break
