@@ -284,6 +284,7 @@ class Reconciler:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
+        self._remote_dirty.set()  # the first pass of every serve() reads the remote afresh
         watchers = Watchers(self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed).start()
         try:
             return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
