@@ -16,6 +16,10 @@ from store.runs import RunStore, rfc3339
 
 log = logging.getLogger("reconciler")
 
+#: Longest wait, in seconds, after consecutive transient failures of one run (a run retries at
+#: least this often during an outage: cheap, and it recovers within seconds once the system is back).
+BACKOFF_CAP = 10.0
+
 
 @dataclass
 class Claim:
@@ -131,7 +135,7 @@ class Context:
 
     def backoff(self, run: RunRecord) -> float:
         """Seconds before the next try after ``run.failures`` consecutive transient failures."""
-        base = min(60.0, 1.0 * (2 ** min(run.failures, 6)))
+        base = min(BACKOFF_CAP, 0.5 * (2 ** min(run.failures, 6)))
         return base * (0.5 + random.random() / 2)
 
 
