@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,7 +40,7 @@ class Context:
     vault: VaultAPI
     ops: OpsRepoAPI
     forge: ForgeAPI | None = None
-    clock: Callable[[], float] = field(default=lambda: __import__("time").time())
+    clock: Callable[[], float] = time.time
     claims: dict[str, Claim] = field(default_factory=dict)
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None

@@ -68,10 +68,11 @@ class Reconciler:
         self._repush: list[str] = []
         self._last_sidecar_scan = float("-inf")
         self._stepping: dict[str, Any] = {}
+        self._stepping_pending: set[str] = set()
+        """Ids of the stepping runs that were pending when submitted (admission counts these)."""
         self._steps_lock = threading.Lock()
         self._remote_dirty = threading.Event()
         self._last_fetch = float("-inf")
-        self._pending_ids: set[str] = set()
         self._alloc_index = 0
         self._last_alloc_list = float("-inf")
         self._last_watch: dict[str, float] = {}
@@ -138,14 +139,13 @@ class Reconciler:
         due = self._select_due(ctx)
         summary.stepped = len(due)
         futures = []
-        self._pending_ids = {r.id for r in due if State(r.state) == State.PENDING} | {
-            rid for rid in self._pending_ids if rid in self._stepping
-        }
         for run in due:
             watching = State(run.state) in (State.DISPATCHED, State.RUNNING)
             future = (self._watch_pool if watching else self._pool).submit(self._step, run)
             with self._steps_lock:
                 self._stepping[run.id] = future
+                if State(run.state) == State.PENDING:
+                    self._stepping_pending.add(run.id)
             future.add_done_callback(lambda f, rid=run.id: self._step_done(rid))
             futures.append(future)
         if wait:
@@ -212,7 +212,7 @@ class Reconciler:
         if ctx.head is not None and pending:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
             with self._steps_lock:
-                queued = sum(1 for rid in self._stepping if rid in self._pending_ids)
+                queued = len(self._stepping_pending)
             # a few more than the free slots (some will be rejected, not bound), and never more than
             # the workers can take now: a queue of pending steps would delay everything behind it
             room = min(max(0, free) + 8, max(0, 2 * self._workers - queued))
@@ -224,6 +224,7 @@ class Reconciler:
     def _step_done(self, run_id: str) -> None:
         with self._steps_lock:
             self._stepping.pop(run_id, None)
+            self._stepping_pending.discard(run_id)
         self._wake.set()
 
     def remote_changed(self) -> None:
