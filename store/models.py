@@ -11,13 +11,24 @@ ever stored: tokens are known by their accessors only.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from states.machine import State
 
 KINDS = ("vault-action", "reproduce", "triage", "verify")
+
+
+class RunBrief(NamedTuple):
+    """The few columns the loop needs to choose what to step (no model built per run)."""
+
+    id: str
+    kind: str
+    state: State
+    next_try_at: str | None
+    nomad_job_id: str | None
+    created_at: str
 
 
 class RunRecord(BaseModel):

@@ -23,7 +23,7 @@ import sqlite_utils
 
 from states.machine import ACTIVE, IN_FLIGHT, State, Transition, next_state
 
-from .models import JournalEntry, RunRecord
+from .models import JournalEntry, RunBrief, RunRecord
 
 SCHEMA_VERSION = 3
 
@@ -49,6 +49,20 @@ def parse_rfc3339(value: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def _column_values(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` (RunRecord field -> value) as SQLite column values; unknown fields are refused."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in _RUN_COLUMNS:
+            raise StoreError(f"no column {key!r} in runs")
+        if key in ("secrets", "mounts"):
+            value = json.dumps(list(value or []))
+        elif key == "state":
+            value = State(value).value
+        out[key] = value
+    return out
 
 
 class StoreError(Exception):
@@ -161,6 +175,12 @@ class RunStore:
         with self._lock, self.db.atomic():
             yield
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many writes in one transaction (each write inside is a savepoint: a refused one undoes only itself)."""
+        with self._tx():
+            yield
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -207,6 +227,33 @@ class RunStore:
                 marks = ",".join("?" * len(values))
                 rows = list(self.db.query(f"select * from runs where state in ({marks}) order by created_at, rowid", values))
         return [RunRecord.from_row(r) for r in rows]
+
+    def briefs(self, states: Iterable[State]) -> list[RunBrief]:
+        """``RunBrief`` of the runs in ``states``, oldest first: cheap enough for every pass."""
+        values = [State(s).value for s in states]
+        marks = ",".join("?" * len(values))
+        with self._lock:
+            rows = self._conn.execute(
+                f"select id, kind, state, next_try_at, nomad_job_id, created_at from runs where state in ({marks}) "
+                "order by created_at, rowid",
+                values,
+            ).fetchall()
+        return [RunBrief(r[0], r[1], State(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
+        """The runs with these ids that exist, in the order asked."""
+        ids = list(run_ids)
+        found: dict[str, RunRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            with self._lock:
+                cursor = self._conn.execute(f"select * from runs where id in ({','.join('?' * len(chunk))})", chunk)
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+            for row in rows:
+                record = RunRecord.from_row(dict(zip(names, row)))
+                found[record.id] = record
+        return [found[i] for i in ids if i in found]
 
     def active(self) -> list[RunRecord]:
         return self.runs(ACTIVE)
@@ -272,7 +319,10 @@ class RunStore:
             rec = record.model_copy(
                 update={"state": State.PENDING, "state_since": now, "created_at": now, "updated_at": now}
             )
-            self.db["runs"].insert(rec.to_row())
+            row = rec.to_row()
+            self._conn.execute(
+                f"insert into runs ({', '.join(row)}) values ({', '.join('?' * len(row))})", list(row.values())
+            )
             self._append(rec.id, now, None, State.PENDING.value, "create", reason, details or {})
         self._notify(rec, "create", None, State.PENDING.value)
         return rec
@@ -294,22 +344,33 @@ class RunStore:
         """
         trig = Transition(transition)
         now = self.now()
+        update = _column_values(changes or {})
         with self._tx():
-            run = self.get(run_id)
-            if run is None:
+            found = self._conn.execute("select state from runs where id = ?", [run_id]).fetchone()
+            if found is None:
                 raise StoreError(f"no run {run_id!r}")
-            if State(run.state) != State(expect):
-                raise StaleState(f"run {run_id} is {run.state}, not {State(expect).value}; someone else moved it")
-            dest = next_state(run.state, trig)
-            update = dict(changes or {})
-            update.update({"state": dest, "updated_at": now})
-            if dest != State(run.state) or trig in (Transition.REBIND,):
+            before = State(found[0])
+            if before != State(expect):
+                raise StaleState(f"run {run_id} is {before.value}, not {State(expect).value}; someone else moved it")
+            dest = next_state(before, trig)
+            update.update({"state": dest.value, "updated_at": now})
+            if dest != before or trig in (Transition.REBIND,):
                 update["state_since"] = now
-            new = run.model_copy(update=update)
-            self.db["runs"].update(run_id, new.to_row())
-            self._append(run_id, now, State(run.state).value, dest.value, trig.value, reason, details or {})
-        self._notify(new, trig.value, State(run.state).value, dest.value)
+            row = self._write(run_id, update)
+            self._append(run_id, now, before.value, dest.value, trig.value, reason, details or {})
+        new = RunRecord.from_row(row)
+        self._notify(new, trig.value, before.value, dest.value)
         return new
+
+    def _write(self, run_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        """UPDATE the run's columns in ``values`` and return the whole row as stored (inside a transaction)."""
+        assignments = ", ".join(f'"{k}" = ?' for k in values)
+        cursor = self._conn.execute(f"update runs set {assignments} where id = ?", [*values.values(), run_id])
+        if cursor.rowcount == 0:
+            raise StoreError(f"no run {run_id!r}")
+        cursor = self._conn.execute("select * from runs where id = ?", [run_id])
+        names = [d[0] for d in cursor.description]
+        return dict(zip(names, cursor.fetchone()))
 
     def _notify(self, run: RunRecord, transition: str, from_state: str | None, to_state: str) -> None:
         for observe in self.observers:
@@ -323,30 +384,20 @@ class RunStore:
         if "state" in changes:
             raise StoreError("state changes go through transition()")
         now = self.now()
+        values = _column_values(changes)
+        values["updated_at"] = now
         with self._tx():
-            run = self.get(run_id)
-            if run is None:
-                raise StoreError(f"no run {run_id!r}")
-            new = run.model_copy(update={**changes, "updated_at": now})
-            row = new.to_row()
-            self.db["runs"].update(run_id, {k: row[k] for k in list(changes) + ["updated_at"]})
+            row = self._write(run_id, values)
             if note:
-                self._append(run_id, now, State(run.state).value, State(run.state).value, "note", note, details or {})
-        return new
+                self._append(run_id, now, row["state"], row["state"], "note", note, details or {})
+        return RunRecord.from_row(row)
 
     def _append(
         self, run_id: str, at: str, from_state: str | None, to_state: str, transition: str, reason: str, details: dict[str, Any]
     ) -> None:
-        self.db["journal"].insert(
-            {
-                "run_id": run_id,
-                "at": at,
-                "from_state": from_state,
-                "to_state": to_state,
-                "transition": transition,
-                "reason": reason,
-                "details": json.dumps(details, sort_keys=True, default=str),
-            }
+        self._conn.execute(
+            "insert into journal (run_id, at, from_state, to_state, transition, reason, details) values (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, at, from_state, to_state, transition, reason, json.dumps(details, sort_keys=True, default=str)],
         )
 
     def control_event(self, action: str, *, reason: str = "", by: str = "") -> None:
@@ -367,4 +418,6 @@ class RunStore:
 
     def set_value(self, key: str, value: str) -> None:
         with self._tx():
-            self.db["kv"].upsert({"key": key, "value": value}, pk="key")
+            self._conn.execute(
+                "insert into kv (key, value) values (?, ?) on conflict(key) do update set value = excluded.value", [key, value]
+            )

@@ -128,3 +128,48 @@ def test_version_1_file_gains_the_trigger_column(tmp_path):
     assert s.get("old-1").state == State.REPORTED and s.get("old-1").trigger is None
     s.update("old-1", {"trigger": "abc"})
     assert s.get("old-1").trigger == "abc"
+
+
+def test_update_refuses_a_field_runs_do_not_have(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    with pytest.raises(StoreError, match="no column 'colour'"):
+        store.update("a@1", {"colour": "red"})
+    with pytest.raises(StoreError, match="no run"):
+        store.update("b@1", {"waiting": "x"})
+    assert store.get("a@1").updated_at
+
+
+def test_update_keeps_lists_and_returns_the_stored_row(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    run = store.update("a@1", {"secrets": ["A", "B"], "attempt": 2}, note="intent", details={"n": 1})
+    assert run.secrets == ["A", "B"] and run.attempt == 2 and run.state == State.PENDING
+    assert store.get("a@1") == run
+    assert [(e.transition, e.details) for e in store.journal("a@1")] == [("create", {}), ("note", {"n": 1})]
+
+
+def test_briefs_list_cheap_columns_and_get_many_keeps_order(store):
+    for name in ("a", "b", "c"):
+        store.create(RunRecord(id=f"{name}@1", action_id=name), "seen")
+    store.transition("b@1", "bind", expect="pending", changes={"attempt": 1})
+    briefs = store.briefs([State.PENDING])
+    assert [b.id for b in briefs] == ["a@1", "c@1"] and all(b.state == State.PENDING for b in briefs)
+    assert [r.id for r in store.get_many(["c@1", "missing", "b@1"])] == ["c@1", "b@1"]
+    assert store.get_many(["b@1"])[0].state == State.POLICY_BOUND
+
+
+def test_a_batch_commits_together_and_a_refused_write_undoes_only_itself(store):
+    store.create(RunRecord(id="a@1", action_id="a"), "seen")
+    store.create(RunRecord(id="b@1", action_id="b"), "seen")
+    with store.batch():
+        store.transition("a@1", "reject", expect="pending", reason="bad")
+        with pytest.raises(StaleState):
+            store.transition("b@1", "bind", expect="policy-bound")
+        store.set_value("k", "v")
+    assert store.get("a@1").state == State.REJECTED and store.get("b@1").state == State.PENDING
+    assert store.get_value("k") == "v"
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            store.transition("b@1", "reject", expect="pending", reason="bad")
+            raise RuntimeError("boom")
+    assert store.get("b@1").state == State.PENDING
+    assert [e.transition for e in store.journal("b@1")] == ["create"]
