@@ -30,26 +30,19 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
 
     from reconciler.credentials import NOMAD_HEADER, VAULT_HEADER, HeaderAuth, TokenSource
 
-    def session_for(path: Any, header: str, what: str) -> Any:
-        """A pooled requests session sized for the step workers; with a token file, it sends the
+    from reconciler.clients.http import pooled_session
+
+    def session_for(url: str | None, path: Any, header: str, what: str) -> Any:
+        """A pooled session sized for the step workers; with a token file, it sends the
         token current at each request (re-read when the file changes)."""
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
         source = TokenSource.of(None, path, what=what) if path else None
-        if source is not None:
-            session.auth = HeaderAuth(source, header)
-        return session
+        return pooled_session(url, auth=HeaderAuth(source, header) if source is not None else None)
 
-    nomad_session = session_for(settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
-    vault_session = session_for(settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
+    nomad_session = session_for(settings.nomad.addr, settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
+    vault_session = session_for(settings.vault.addr, settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
     forge_source = TokenSource.of(None, settings.forge.token_file, what="FORGE_TOKEN_FILE") if settings.forge.token_file else None
     forge = (
-        ForgeClient(settings.forge, token_source=forge_source, session=session_for(None, "", "forge"))
+        ForgeClient(settings.forge, token_source=forge_source, session=session_for(settings.forge.url, None, "", "forge"))
         if settings.forge.url and (settings.forge.token or forge_source)
         else None
     )
