@@ -108,8 +108,13 @@ def record_attempt(ctx: Context, run: RunRecord, claim: Claim, *, supersede: boo
     one) claimed with another token by an earlier process.
     """
     path = path_for(run.id)
+    known = known_paths(ctx)
+    # A path absent from this pass's listing is created with cas=0 without a read first;
+    # if it appeared since, Nomad refuses the write and the next round reads it.
+    unread = known is not None and path not in known and run.id not in ctx.claim_records
     for _ in range(3):
-        current = read(ctx, run.id)
+        current = None if unread else read(ctx, run.id)
+        unread = False
         if current is not None:
             if current.token_accessor == claim.token_accessor:
                 return current

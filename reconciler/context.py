@@ -45,6 +45,9 @@ class Context:
     """Wrapping tokens by run id. Lost on restart on purpose: the run then rebinds."""
     head: str | None = None
     """The ops repo commit this pass reads desired state from."""
+    gate_head: str | None = None
+    """The commit approvals are read at: ``head``, or an older head when all that changed since are
+    result files (the reconciler's own pushes change nothing an approval depends on)."""
     claim_records: dict[str, Any] = field(default_factory=dict)
     """Durable claim records as this process last wrote them (saves a read before each rewrite)."""
     commit_times: dict[str, float] = field(default_factory=dict)
@@ -59,23 +62,45 @@ class Context:
     """``reconciler.metrics.Metrics`` when metrics are collected."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reserved_runs: list[RunRecord] = field(default_factory=list)
+    _cache_born: float = float("-inf")
+    _computing: dict[Any, threading.Event] = field(default_factory=dict)
 
     def now(self) -> float:
         return self.clock()
 
-    def begin_pass(self) -> None:
-        """Forget what the previous pass learned from the forge (approvals may have changed since)."""
+    def begin_pass(self, max_age: float = 0.0) -> None:
+        """Forget what earlier passes learned from the forge (approvals may have changed since).
+
+        ``max_age``: keep the answers while they are younger than this many seconds (the
+        service runs several passes a second under load; each need not ask again).
+        """
         with self._lock:
-            self.pass_cache.clear()
+            now = time.monotonic()
+            if now - self._cache_born >= max_age:
+                self.pass_cache.clear()
+                self._cache_born = now
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """A value computed at most once per pass (gate readers, trusted tiers)."""
-        with self._lock:
-            if key in self.pass_cache:
-                return self.pass_cache[key]
-        value = compute()
-        with self._lock:
-            return self.pass_cache.setdefault(key, value)
+        """A value computed at most once per pass (gate readers, trusted tiers); concurrent callers
+        of the same key wait for the one computing it instead of computing it again."""
+        while True:
+            with self._lock:
+                if key in self.pass_cache:
+                    return self.pass_cache[key]
+                busy = self._computing.get(key)
+                if busy is None:
+                    busy = self._computing[key] = threading.Event()
+                    break
+            busy.wait()
+        try:
+            value = compute()
+            with self._lock:
+                self.pass_cache[key] = value
+            return value
+        finally:
+            with self._lock:
+                self._computing.pop(key, None)
+            busy.set()
 
     def observe(self, what: str, *args: Any) -> None:
         """Record a metric if metrics are on (``what`` names a ``Metrics`` method)."""

@@ -51,6 +51,13 @@ class GateReaderAdapter:
         return self._cached(("last", path), lambda: self._ops.last_change(self._head, path))
 
     def history(self, path: str) -> list[CommitInfo]:
+        batch = getattr(self._ops, "path_histories", None)
+        directory = path.rsplit("/", 1)[0] if "/" in path else ""
+        if batch is not None and directory:
+            # one walk answers for every file of the folder; a file it does not list has no history
+            histories = self._cached(("history-dir", directory), lambda: batch(self._head, directory))
+            shas = histories.get(path, [])
+            return self._cached(("history", path), lambda: self._ops.commits(shas) if shas else [])  # type: ignore[attr-defined]
         return self._cached(("history", path), lambda: self._ops.history(self._head, path))
 
     def content_at(self, sha: str, path: str) -> bytes | None:

@@ -883,6 +883,14 @@ class OpsRepo:
         The loop approves many actions merged together; one walk instead of one
         ``git log`` per file.
         """
+        newest = {path: shas[0] for path, shas in self.path_histories(sha, directory).items() if shas}
+        wanted = sorted(set(newest.values()))
+        infos = {info.sha: info for info in self._commits(wanted)} if wanted else {}
+        return {path: infos[c] for path, c in newest.items()}
+
+    def path_histories(self, sha: str, directory: str) -> dict[str, list[str]]:
+        """For every path under ``directory``: the commits of the first-parent history that changed
+        it, newest first (``history`` for all of them at once, as commit ids), from one ``git log`` walk."""
         self._ready()
         proc = self._run(
             ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", _check_path(directory)],
@@ -890,7 +898,7 @@ class OpsRepo:
         )
         if proc.returncode != 0:
             raise self._unknown_or_failure(sha, "git log", proc)
-        newest: dict[str, str] = {}
+        histories: dict[str, list[str]] = {}
         current = ""
         for token in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
             token = token.strip("\n")
@@ -902,10 +910,15 @@ class OpsRepo:
                 token = rest.strip("\n")
                 if not token:
                     continue
-            newest.setdefault(token, current)
-        shas = sorted(set(newest.values()))
-        infos = {info.sha: info for info in self._commits(shas)} if shas else {}
-        return {path: infos[c] for path, c in newest.items()}
+            shas = histories.setdefault(token, [])
+            if not shas or shas[-1] != current:
+                shas.append(current)
+        return histories
+
+    def commits(self, shas: Sequence[str]) -> list[CommitInfo]:
+        """Metadata of these commits, in order (one ``cat-file`` exchange)."""
+        self._ready()
+        return self._commits([_check_rev(s) for s in shas])
 
     def history(self, sha: str, path: str) -> list[CommitInfo]:
         """Every such commit, newest first."""

@@ -618,3 +618,33 @@ def test_last_changes_in_one_walk_match_last_change_per_file(tmp_path):
         assert batch["vault/actions/z.toml"].sha == merge_z
     finally:
         forge.stop()
+
+
+def test_path_histories_in_one_walk_match_history_per_file(tmp_path):
+    """The batched walk lists, per file, exactly the commits ``history`` lists for it, newest first:
+    several changes of one file, a direct commit, a merge of a branch older than that commit."""
+    from reconciler.clients.opsrepo import OpsRepo
+    from reconciler.doubles.forge import ForgeDouble
+    from reconciler.settings import OpsRepoSettings
+
+    forge = ForgeDouble().start()
+    try:
+        forge.add_user("admin", is_admin=True)
+        forge.add_user("alice")
+        forge.add_repo("o/ops", tmp_path / "ops.git")
+        first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
+        forge.merge("o/ops", first, merger="admin")
+        late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z", "vault/actions/x.toml": b"2"})
+        forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
+        forge.merge("o/ops", late, merger="admin")
+        forge.commit_direct("o/ops", author="alice", files={"vault/actions/x.toml": b"3", "README": b"r"}, message="again")
+        ops = OpsRepo(OpsRepoSettings(root=tmp_path / "clone"), (tmp_path / "ops.git").as_uri())
+        head = ops.fetch()
+        batch = ops.path_histories(head, "vault/actions")
+        assert set(batch) == {"vault/actions/x.toml", "vault/actions/y.toml", "vault/actions/z.toml"}
+        for path, shas in batch.items():
+            assert shas == [c.sha for c in ops.history(head, path)], path
+        assert len(batch["vault/actions/x.toml"]) == 3
+        assert [c.sha for c in ops.commits(batch["vault/actions/x.toml"])] == batch["vault/actions/x.toml"]
+    finally:
+        forge.stop()
