@@ -84,6 +84,27 @@ def scan(ctx: Context, head: str, *, full: bool = False) -> ScanSummary:
     return summary
 
 
+def approval_head(ctx: Context, previous: str | None, head: str) -> str:
+    """The head to read approvals at: ``previous`` while everything that changed since it (fast-forward)
+    is result files, else ``head``.
+
+    Every result push moves the head; without this, a burst of results would make
+    every pending run's approval be re-derived (git walks, forge calls) at each push,
+    though no action file, no policy file and no history of either changed.
+    """
+    if previous is None or previous == head:
+        return head
+    try:
+        if not ctx.ops.is_ancestor(previous, head):
+            return head
+        changed = ctx.ops.changed_paths(previous, head)
+    except Exception:  # an unknown old head: read at the new one
+        return head
+    if changed and all(posixpath.dirname(p) == ACTIONS_DIR and p.endswith(RESULT_SUFFIX) for p in changed):
+        return previous
+    return head
+
+
 def _consider_action(ctx: Context, head: str, path: str, results_on_main: set[str], summary: ScanSummary) -> None:
     name = posixpath.basename(path)
     action_id = actions.action_id_from_file_name(name)

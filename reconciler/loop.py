@@ -27,8 +27,8 @@ from reconciler.context import Context, run_log
 from reconciler.leader import Leadership, record_to_store
 from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
-from states.machine import ACTIVE, State
-from store.models import RunRecord
+from states.machine import ACTIVE, AWAITING_REPORT, State
+from store.models import RunBrief, RunRecord
 from store.runs import StaleState, parse_rfc3339
 
 log = logging.getLogger("reconciler.loop")
@@ -61,6 +61,11 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         # Watching and collecting never queue behind a burst of new dispatches.
         self._watch_pool = ThreadPoolExecutor(max_workers=max(4, workers // 2), thread_name_prefix="watch")
+        # Reporting (revoke, push, mark done) runs beside the passes, one batch at a time: a push
+        # never holds up admission and dispatch, and results finishing meanwhile share the next push.
+        self._report_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
+        self._reporting: Any = None
+        self._last_report = float("-inf")
         self._workers = workers
         self._wake = threading.Event()
         self._sleep = sleep
@@ -80,6 +85,7 @@ class Reconciler:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._watch_pool.shutdown(wait=True)
+        self._report_pool.shutdown(wait=True)
         if self.leadership is not None:
             self.leadership.release()
 
@@ -111,7 +117,7 @@ class Reconciler:
             ctx.observe("alive")
             return summary
         ctx.observe("set_leader", True)
-        ctx.begin_pass()
+        ctx.begin_pass(0.0 if wait else self.PASS_CACHE_SECONDS)
         try:
             if not self._ready:
                 ctx.ops.ensure_ready()
@@ -122,9 +128,11 @@ class Reconciler:
                 self._last_fetch = time.monotonic()
             head = ctx.head
             summary.head = head
+            ctx.gate_head = desired.approval_head(ctx, ctx.gate_head, head)
             scan = desired.scan(ctx, head)
             summary.created = len(scan.created)
-            self._repush.extend(scan.results_missing)
+            with self._steps_lock:
+                self._repush.extend(scan.results_missing)
         except (TransientError, PermanentError) as exc:
             summary.errors.append(f"ops repo: {exc}")
             ctx.observe("external_error", exc.system or "git")
@@ -154,19 +162,65 @@ class Reconciler:
                 if err:
                     summary.errors.append(err)
         if self.leadership is None or self.leadership.is_leader:
-            if ctx.head is not None:
-                try:
-                    reported = publish.report_ready(ctx, self._repush)
-                    self._repush = []
-                    summary.reported = len(reported)
-                except (TransientError, PermanentError) as exc:
-                    summary.errors.append(f"report: {exc}")
-            summary.reported += len(sidecar_runs.report_ready(ctx))
+            if wait:
+                reported, errors = self._report(ctx.head)
+                summary.reported, summary.errors = len(reported), summary.errors + errors
+            else:
+                self._report_in_background(ctx.head)
         summary.duration = time.monotonic() - started
         ctx.observe("pass_duration", summary.duration)
         ctx.observe("set_runs_by_state", ctx.store.counts())
         return summary
 
+    def _report(self, head: str | None) -> tuple[list[str], list[str]]:
+        """Report every run whose outcome is known (one push) and the finished sidecar runs."""
+        ctx = self.ctx
+        reported: list[str] = []
+        errors: list[str] = []
+        if head is not None:
+            with self._steps_lock:
+                repush, self._repush = self._repush, []
+            try:
+                reported = publish.report_ready(ctx, repush)
+            except (TransientError, PermanentError) as exc:
+                with self._steps_lock:
+                    self._repush.extend(repush)
+                errors.append(f"report: {exc}")
+        reported += sidecar_runs.report_ready(ctx)
+        return reported, errors
+
+    def _report_in_background(self, head: str | None) -> None:
+        """Start a report on the reporter thread unless one is under way; its end wakes the loop."""
+        with self._steps_lock:
+            if self._reporting is not None and not self._reporting.done():
+                return
+            if time.monotonic() - self._last_report < self.REPORT_EVERY:
+                return  # results finishing meanwhile share the next push (an active run keeps passes coming)
+            if not self._repush and not self.ctx.store.column_by_state("id", AWAITING_REPORT) and not sidecar_runs.enabled(self.ctx):
+                return
+            self._last_report = time.monotonic()
+            self._reporting = self._report_pool.submit(self._report_logged, head)
+
+    def _report_logged(self, head: str | None) -> None:
+        try:
+            reported, errors = self._report(head)
+            for err in errors:
+                log.warning("%s", err)
+            if reported:
+                self._wake.set()  # runs that waited on the push may now be re-dispatched or end the serve
+        except Exception:  # a bug must not stop the reporter thread for good
+            log.exception("report failed")
+
+    def reporting(self) -> bool:
+        with self._steps_lock:
+            return self._reporting is not None and not self._reporting.done()
+
+    #: Seconds the service's passes share answers from the forge and Nomad listings (passes run several
+    #: times a second under load); a pass run on its own (``wait=True``) always asks afresh.
+    PASS_CACHE_SECONDS = 1.0
+    #: Seconds between the starts of two background reports: a push costs git work whatever its size,
+    #: so under a burst results are gathered for this long (the latency target is 1 s from job end).
+    REPORT_EVERY = 0.5
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
     #: Seconds a wake-up waits so that many finishing steps share one pass.
@@ -186,7 +240,7 @@ class Reconciler:
         mono = time.monotonic()
         with self._steps_lock:
             busy = set(self._stepping)
-        runs = [r for r in ctx.store.runs(ACTIVE) if r.id not in busy and step_for(r) is not None and _due(r, now)]
+        runs = [r for r in ctx.store.briefs(ACTIVE) if r.id not in busy and step_for(r) is not None and _due(r, now)]
         watched = [r for r in runs if State(r.state) in (State.DISPATCHED, State.RUNNING)]
         changed: set[str] | None = set()
         if watched and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
@@ -196,8 +250,8 @@ class Reconciler:
                 self._last_alloc_list = mono
             except (TransientError, PermanentError):
                 changed = None
-        due: list[RunRecord] = []
-        pending: list[RunRecord] = []
+        due: list[RunBrief] = []
+        pending: list[RunBrief] = []
         for r in runs:
             state = State(r.state)
             if state in (State.DISPATCHED, State.RUNNING):
@@ -219,7 +273,9 @@ class Reconciler:
             pending.sort(key=lambda r: r.created_at)
             due.extend(pending[:room])
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
-        return due
+        # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
+        listed = {r.id: r.state for r in due}
+        return [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
 
     def _step_done(self, run_id: str) -> None:
         with self._steps_lock:
@@ -302,9 +358,10 @@ class Reconciler:
                     return False
                 continue
             summary = self.run_pass(wait=False)
-            active = self.ctx.store.runs(ACTIVE)
+            active = self.ctx.store.briefs(ACTIVE)
             with self._steps_lock:
                 stepping = bool(self._stepping)
+            stepping = stepping or self.reporting()
             if until_idle and not active and not stepping:
                 return True
             if self._drained(active):
@@ -324,14 +381,14 @@ class Reconciler:
             self._wake.clear()
         return True
 
-    def _drained(self, active: list[RunRecord]) -> bool:
+    def _drained(self, active: list[RunBrief]) -> bool:
         from reconciler import brakes
 
         if not brakes.read(self.ctx.store).draining:
             return False
         return not any(State(r.state) not in (State.PENDING,) for r in active)
 
-    def _next_due(self, active: list[RunRecord]) -> float:
+    def _next_due(self, active: list[RunBrief]) -> float:
         now = self.ctx.now()
         soonest = 0.5
         for r in active:
@@ -340,7 +397,7 @@ class Reconciler:
         return max(0.1, min(soonest, 0.5))
 
 
-def _due(run: RunRecord, now: float) -> bool:
+def _due(run: RunBrief, now: float) -> bool:
     if not run.next_try_at:
         return True
     try:

@@ -14,6 +14,7 @@ reported without a result file: their journal is the record.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reconciler.clients.errors import PermanentError, TransientError
@@ -67,20 +68,48 @@ def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[st
             run_log(run).warning("%s", why)
         return reported
     commit = getattr(outcome, "commit", None) or ""
-    for path, run in owners.items():
-        doc = docs[run.id]
-        ctx.store.set_value(REPORTED_DOC_KEY + run.id, encode(doc).decode("utf-8"))
-        note = "already upstream" if path in (getattr(outcome, "already_upstream", None) or []) else "pushed"
-        _report(ctx, run, commit, f"result {note}: {path} ({doc['outcome']}, exit {doc['exit_code']})")
-        reported.append(run.id)
-        if ctx.settings.forge.pr_comments:
-            _comment_on_pull(ctx, run, doc, path, commit)
-    # Runs superseded by a newer run for the same result path are reported without their own file.
-    for run in runs:
-        if run.result_path and owners.get(run.result_path) is not run and run.id not in reported:
-            _report(ctx, run, None, "superseded by a newer run of the same action; no result file of its own")
+    done: list[RunRecord] = []
+    with ctx.store.batch():  # one transaction for the whole batch: a push of 500 results is not 1,000 commits
+        for path, run in owners.items():
+            doc = docs[run.id]
+            ctx.store.set_value(REPORTED_DOC_KEY + run.id, encode(doc).decode("utf-8"))
+            note = "already upstream" if path in (getattr(outcome, "already_upstream", None) or []) else "pushed"
+            if _report(ctx, run, commit, f"result {note}: {path} ({doc['outcome']}, exit {doc['exit_code']})", mark=False):
+                done.append(run)
             reported.append(run.id)
+        # Runs superseded by a newer run for the same result path are reported without their own file.
+        for run in runs:
+            if run.result_path and owners.get(run.result_path) is not run and run.id not in reported:
+                if _report(ctx, run, None, "superseded by a newer run of the same action; no result file of its own", mark=False):
+                    done.append(run)
+                reported.append(run.id)
+    _mark_all_done(ctx, done)
+    if ctx.settings.forge.pr_comments:
+        for path, run in owners.items():
+            _comment_on_pull(ctx, run, docs[run.id], path, commit)
     return reported
+
+
+#: Durable claims marked done at once after a push (Nomad variable writes, independent of each other).
+MARK_PARALLEL = 8
+
+
+def _mark_all_done(ctx: Context, runs: list[RunRecord]) -> None:
+    """Mark the durable claims of reported runs done, several at a time (best effort, as ``_mark_done``)."""
+    runs = [r for r in runs if r.attempt > 0]
+    if len(runs) <= 1:
+        for run in runs:
+            _mark_done(ctx, run)
+        return
+    with ThreadPoolExecutor(max_workers=min(MARK_PARALLEL, len(runs)), thread_name_prefix="mark-done") as pool:
+        list(pool.map(lambda run: _mark_done(ctx, run), runs))
+
+
+def _mark_done(ctx: Context, run: RunRecord) -> None:
+    try:
+        claims.mark_done(ctx, run)
+    except (TransientError, PermanentError) as exc:
+        run_log(run).warning("could not mark the durable claim done (a retry will still work): %s", exc)
 
 
 def _settle_effects(ctx: Context, run: RunRecord) -> None:
@@ -91,12 +120,13 @@ def _settle_effects(ctx: Context, run: RunRecord) -> None:
         revoke_claim(ctx, run)
 
 
-def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> None:
-    if run.attempt > 0:
-        try:
-            claims.mark_done(ctx, run)
-        except (TransientError, PermanentError) as exc:
-            run_log(run).warning("could not mark the durable claim done (a retry will still work): %s", exc)
+def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str, *, mark: bool = True) -> bool:
+    """Move ``run`` to reported (True), or leave it to whoever moved it meanwhile (False).
+
+    The durable claim is marked done after the store says reported (``mark``, or by the
+    caller for a batch): a crash in between leaves a claim that still names the child, and
+    recovery adopts it and reports again - nothing runs twice.
+    """
     try:
         ctx.store.transition(
             run.id,
@@ -106,11 +136,14 @@ def _report(ctx: Context, run: RunRecord, commit: str | None, reason: str) -> No
             changes={"reported_commit": commit, "waiting": None, "next_try_at": None, "failures": 0},
             details={"commit": commit} if commit else {},
         )
-        run_log(run).info("report: %s", reason)
-        if run.finished_at:
-            ctx.observe("report_latency", max(0.0, ctx.now() - parse_rfc3339(run.finished_at)))
     except StaleState:
-        pass
+        return False
+    run_log(run).info("report: %s", reason)
+    if run.finished_at:
+        ctx.observe("report_latency", max(0.0, ctx.now() - parse_rfc3339(run.finished_at)))
+    if mark and run.attempt > 0:
+        _mark_done(ctx, run)
+    return True
 
 
 def _comment_on_pull(ctx: Context, run: RunRecord, doc: dict[str, Any], path: str, commit: str) -> None:

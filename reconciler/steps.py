@@ -54,7 +54,7 @@ class PendingVerdict:
 
 def assess_pending(ctx: Context, run: RunRecord) -> PendingVerdict:
     """Validate, authorize and check Vault for a pending run, changing nothing."""
-    head = ctx.head
+    head = ctx.gate_head or ctx.head
     if head is None or not run.path:
         return PendingVerdict(reject="no file name gives this action a safe id; rejected without a result file")
     data = ctx.ops.read(head, run.path, max_bytes=ctx.settings.actions.max_file_bytes)
@@ -149,7 +149,7 @@ def _tier_for(ctx: Context, action: actions.Action) -> tuple[str, str]:
     """The action's tier from the tiers file as of its last approved change."""
     note = ""
     tiers: dict[str, str] = {}
-    head = ctx.head or ""
+    head = ctx.gate_head or ctx.head or ""
     if ctx.forge is not None and ctx.settings.forge.ops_repo:
         reader = _reader(ctx, head)
         trusted = ctx.cached(

@@ -115,6 +115,9 @@ def test_sample_actions_run_once_and_report_with_audit_trail(cluster, harness):
         assert "default" not in token["policies"]
         assert token["renewable"] is False
         assert token["revoked"] is True
+        # The durable claim is closed: a retry may claim a new attempt.
+        claim = _nomad_get(cluster, f"/v1/var/reconciler/runs/{run.id}").json()
+        assert claim["Items"]["state"] == "done" and claim["Items"]["attempt"] == str(run.attempt), claim["Items"]
 
     # The only Vault credential in Nomad's job data: wrapping tokens, all used or dead by now.
     wraps = {w["token"]: w for w in cluster.vault.wrapping_tokens()}
