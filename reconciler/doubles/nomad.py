@@ -12,7 +12,7 @@ What it honours, in the server's words:
   existing child -> its ID with an empty ``EvalID``; meta and payload rules;
   child ID formats), list stubs with ``meta=true``, summary, evaluations
   (``blocked`` with ``FailedTGAllocs`` when capacity is exhausted), allocations
-  (task events, ``Terminated`` exit codes, ``lost``/``unknown`` nodes with
+  (``filter=`` expressions, see :mod:`.nomad_filter`; task events, ``Terminated`` exit codes, ``lost``/``unknown`` nodes with
   replacement allocations), logs (plain and framed), stop/purge, garbage
   collection, Variables with CAS and locks, the event stream.
 
@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 from urllib.parse import unquote
 
 from reconciler.doubles.http import DoubleServer, Request, Response, StreamingResponse
+from reconciler.doubles.nomad_filter import FilterError, compile_filter
 from reconciler.doubles.nomad_exec import (
     AllocPaths,
     DriverFailureTask,
@@ -688,8 +689,14 @@ class NomadDouble(DoubleServer):
             {"X-Nomad-Index": str(max(index, 1)), "X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0"},
         )
 
-    def _blocking(self, req: Request, compute: Callable[[], tuple[Any, int]]) -> Response:
-        """Answer a read; with ``?index=N`` wait until its index passes N or ``wait`` ends."""
+    def _blocking(
+        self, req: Request, compute: Callable[[], tuple[Any, int]], index_of: Callable[[], int] | None = None
+    ) -> Response:
+        """Answer a read; with ``?index=N`` wait until its index passes N or ``wait`` ends.
+
+        ``index_of``: the answer's index without building the answer (a long list is then
+        built once, when the wait ends, not at every change anywhere in the cluster).
+        """
         raw = req.arg("index")
         try:
             min_index = int(raw) if raw else 0
@@ -698,11 +705,16 @@ class NomadDouble(DoubleServer):
         deadline = time.monotonic() + _parse_wait(req.arg("wait"))
         with self._cond:
             while True:
-                data, index = compute()
+                if index_of is not None:
+                    index = index_of()
+                else:
+                    data, index = compute()
                 remaining = deadline - time.monotonic()
                 if min_index <= 0 or index > min_index or remaining <= 0 or self._closing:
                     break
                 self._cond.wait(min(remaining, 1.0))
+            if index_of is not None:
+                data, index = compute()
             data = copy.deepcopy(data)
         return self._reply(data, index)
 
@@ -1712,11 +1724,15 @@ class NomadDouble(DoubleServer):
         prefix = req.arg("prefix") or ""
         task_states = req.arg("task_states")
         with_states = task_states is None or _bool_arg(task_states)
+        try:
+            keep = compile_filter(req.arg("filter"))
+        except FilterError as exc:
+            raise _Fail(exc.status, str(exc)) from None
 
         def compute() -> tuple[Any, int]:
             out = []
             for alloc in self._allocs.values():
-                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix):
+                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix) and (keep is None or keep(alloc.data)):
                     data = dict(alloc.data)
                     if not with_states:
                         data["TaskStates"] = None
@@ -1724,7 +1740,7 @@ class NomadDouble(DoubleServer):
             out.sort(key=lambda a: a["CreateIndex"])
             return out, self._table_index["allocs"]
 
-        return self._blocking(req, compute)
+        return self._blocking(req, compute, index_of=lambda: self._table_index["allocs"])
 
     def _h_alloc_read(self, req: Request) -> Response:
         alloc_id = req.params["id"]

@@ -229,6 +229,35 @@ def test_blocking_queries_on_allocations_wake_on_allocation_changes(double: Noma
     assert int(job_reply.headers["X-Nomad-Index"]) == job_reply.json()["ModifyIndex"]
 
 
+def test_allocation_list_filter_keeps_what_changed_and_refuses_what_it_cannot_read(double: NomadDouble) -> None:
+    """``filter=`` (go-bexpr) on /v1/allocations: only matching stubs; the index stays the table's."""
+    register(double, parent_hcl(code="import time; time.sleep(30)"))
+    first = dispatch(double, "work").json()["DispatchedJobID"]
+    assert double.wait_until(lambda: len(double.allocations_of(first)) == 1, 5)
+    index = int(raw(double, "GET", "/v1/allocations").headers["X-Nomad-Index"])
+    second = dispatch(double, "work").json()["DispatchedJobID"]
+    assert double.wait_until(lambda: len(double.allocations_of(second)) == 1, 5)
+
+    newer = raw(double, "GET", "/v1/allocations", params={"filter": f"ModifyIndex > {index}", "task_states": "false"})
+    assert newer.status_code == 200
+    assert {a["JobID"] for a in newer.json()} == {second}
+    assert int(newer.headers["X-Nomad-Index"]) > index
+    by_job = raw(double, "GET", "/v1/allocations", params={"filter": f'JobID == "{first}" and ClientStatus != "failed"'})
+    assert [a["JobID"] for a in by_job.json()] == [first]
+
+    # a blocking query with a filter still wakes on the table's index, and answers only the matches
+    now = int(newer.headers["X-Nomad-Index"])
+    threading.Timer(0.2, lambda: double.stop_behind_back(first)).start()
+    woken = raw(double, "GET", "/v1/allocations", params={"index": now, "wait": "5s", "filter": f"ModifyIndex > {now}"})
+    assert int(woken.headers["X-Nomad-Index"]) > now
+    assert {a["JobID"] for a in woken.json()} == {first}
+
+    malformed = raw(double, "GET", "/v1/allocations", params={"filter": "ModifyIndex >>> 3"})
+    assert malformed.status_code == 400 and "filter expression" in malformed.text
+    unknown = raw(double, "GET", "/v1/allocations", params={"filter": 'JobID matches "x" or ModifyIndex > 1'})
+    assert unknown.status_code == 501 and "does not implement" in unknown.text
+
+
 # ----------------------------------------------------------------------------- errors
 
 
