@@ -32,6 +32,7 @@ class Watchers:
         wake: Callable[[], None],
         *,
         on_remote: Callable[[], None] | None = None,
+        on_allocations: Callable[[set[str] | None], None] | None = None,
         remote_poll: float = 1.0,
         nomad_wait: float = 30.0,
     ) -> None:
@@ -39,6 +40,7 @@ class Watchers:
         self._ops = ops
         self._wake = wake
         self._on_remote = on_remote or wake
+        self._on_allocations = on_allocations
         self._remote_poll = remote_poll
         self._nomad_wait = nomad_wait
         self._stop = threading.Event()
@@ -58,17 +60,27 @@ class Watchers:
         self._stop.set()
 
     def _watch_nomad(self) -> None:
+        """``on_allocations`` hears the jobs whose allocations changed, or None while the watch is failing
+        (the loop then lists allocations itself)."""
         index = 0
         backoff = 1.0
+        changes = getattr(self._nomad, "wait_allocation_changes", None)
         while not self._stop.is_set():
             try:
-                new = self._nomad.wait_allocations(index, self._nomad_wait)
+                if changes is not None:
+                    new, jobs = changes(index, self._nomad_wait)
+                else:
+                    new, jobs = self._nomad.wait_allocations(index, self._nomad_wait), set()
                 backoff = 1.0
             except (TransientError, PermanentError) as exc:
                 log.debug("allocation watch failed (%s); retrying in %.0f s", exc, backoff)
+                if self._on_allocations is not None and not self._stop.is_set():
+                    self._on_allocations(None)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            if self._on_allocations is not None and changes is not None and not self._stop.is_set():
+                self._on_allocations(jobs)
             if index and new != index:
                 self.wakeups["nomad"] += 1
                 self._wake()

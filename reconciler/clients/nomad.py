@@ -346,9 +346,10 @@ class NomadClient:
 
         Lets the loop look only at the children that moved instead of polling every one.
         """
-        resp = self._raw(
-            "list allocations", self._nomad.allocations, method="get", params={"task_states": "false"}
-        )
+        params = {"task_states": "false"}
+        if index > 0:  # only what changed since: a burst of a thousand children is not listed again each time
+            params["filter"] = f"ModifyIndex > {int(index)}"
+        resp = self._raw("list allocations", self._nomad.allocations, method="get", params=params)
         new_index = int(resp.headers.get("X-Nomad-Index") or index)
         changed = {str(a.get("JobID")) for a in resp.json() or [] if int(a.get("ModifyIndex") or 0) > index}
         return new_index, changed
@@ -394,16 +395,35 @@ class NomadClient:
 
     def wait_allocations(self, index: int, wait_seconds: float) -> int:
         """Block until any allocation changes past ``index`` (or ``wait_seconds`` pass); return the new index."""
+        return self.wait_allocation_changes(index, wait_seconds)[0]
+
+    def wait_allocation_changes(self, index: int, wait_seconds: float) -> tuple[int, set[str]]:
+        """Block until any allocation changes past ``index`` (or ``wait_seconds`` pass): the new index
+        and the jobs whose allocations changed (the filter keeps the answer to those).
+
+        An allocation only placed (``pending``) is left out: nothing about its run can be decided
+        yet, and the loop still looks at every watched run now and then (deadlines, lost children).
+        """
         wait = max(1, int(wait_seconds))
         timeout = wait + wait / 16 + self.settings.timeout  # the server adds up to wait/16 of jitter
+        since = max(0, int(index))
         resp = self._raw(
             "watch allocations",
             self._nomad.allocations,
             method="get",
-            params={"index": max(0, int(index)), "wait": f"{wait}s", "task_states": "false"},
+            params={"index": since, "wait": f"{wait}s", "task_states": "false", "filter": f"ModifyIndex > {since}"},
             timeout=timeout,
         )
-        return int(resp.headers.get("X-Nomad-Index") or index)
+        new_index = int(resp.headers.get("X-Nomad-Index") or index)
+        try:
+            changed = {
+                str(a.get("JobID"))
+                for a in resp.json() or []
+                if int(a.get("ModifyIndex") or 0) > since and a.get("ClientStatus") != "pending"
+            }
+        except ValueError:
+            changed = set()
+        return new_index, changed
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -253,6 +253,24 @@ def test_wait_allocations_blocks_until_an_allocation_changes(client: NomadClient
     assert time.monotonic() - started < 5
 
 
+def test_allocation_changes_name_the_jobs_that_moved_past_an_index(client: NomadClient, double: NomadDouble) -> None:
+    """Only allocations modified after the index, and (for the watcher) not merely placed."""
+    double.simulate = lambda job: (0.3, 0, "")
+    first = dispatch(client)
+    assert double.wait_until(lambda: double.job(first.job_id)["Status"] == "dead", 10)
+    index, changed = client.allocation_changes(0)
+    assert first.job_id in changed
+    double.simulate = lambda job: (30.0, 0, "")
+    second = dispatch(client, token="run-2/1")
+    assert second.job_id != first.job_id
+    assert double.wait_until(lambda: any(a["ClientStatus"] == "running" for a in double.allocations_of(second.job_id)), 10)
+    later, changed = client.allocation_changes(index)
+    assert later > index and changed == {second.job_id}
+    moved, jobs = client.wait_allocation_changes(index, 1)
+    assert moved == later and jobs == {second.job_id}  # running: worth a look
+    assert client.wait_allocation_changes(later, 1) == (later, set())  # nothing since: the wait ran out
+
+
 # ----------------------------------------------------------------------------- jobspecs
 
 
