@@ -28,7 +28,7 @@ from reconciler.leader import Leadership, record_to_store
 from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
 from states.machine import ACTIVE, AWAITING_REPORT, State
-from store.models import RunBrief, RunRecord
+from store.models import KINDS, RunBrief, RunRecord
 from store.runs import StaleState, parse_rfc3339
 
 log = logging.getLogger("reconciler.loop")
@@ -81,6 +81,10 @@ class Reconciler:
         self._alloc_index = 0
         self._last_alloc_list = float("-inf")
         self._last_watch: dict[str, float] = {}
+        self._watch_live = False
+        """True while the allocation watcher reports changes (then the loop does not list allocations)."""
+        self._job_changes: dict[str, float] = {}
+        """Jobs the watcher saw change, not yet looked at (job id -> when first seen)."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -144,7 +148,7 @@ class Reconciler:
                 summary.errors.append(f"issue tracker: {exc}")
                 log.warning("issue tracker unavailable, sidecar discovery skipped this pass: %s", exc)
 
-        due = self._select_due(ctx)
+        due = self._select_due(ctx, use_watcher=not wait)
         summary.stepped = len(due)
         futures = []
         for run in due:
@@ -228,7 +232,7 @@ class Reconciler:
     #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
     ALLOC_LIST_EVERY = 0.2
 
-    def _select_due(self, ctx: Context) -> list[RunRecord]:
+    def _select_due(self, ctx: Context, *, use_watcher: bool = False) -> list[RunRecord]:
         """Runs to step this pass: not already stepping, due, and worth a look.
 
         Watched runs (dispatched, running) are looked at when Nomad says their
@@ -237,13 +241,25 @@ class Reconciler:
         as in-flight capacity allows, so a backlog costs nothing per pass.
         """
         now = ctx.now()
+        stamp = ctx.stamp(now)
         mono = time.monotonic()
         with self._steps_lock:
             busy = set(self._stepping)
-        runs = [r for r in ctx.store.briefs(ACTIVE) if r.id not in busy and step_for(r) is not None and _due(r, now)]
-        watched = [r for r in runs if State(r.state) in (State.DISPATCHED, State.RUNNING)]
+            queued = len(self._stepping_pending)
+        # Pending vault actions are many under a burst: only as many as may be admitted are listed.
+        sidecar_kinds = [k for k in KINDS if k != "vault-action"]
+        runs = [
+            r
+            for r in ctx.store.briefs(ACTIVE_PAST_PENDING, due_by=stamp) + ctx.store.briefs([State.PENDING], kinds=sidecar_kinds, due_by=stamp)
+            if r.id not in busy and step_for(r) is not None and _due(r, now)
+        ]
+        watched = [r for r in runs if r.state in (State.DISPATCHED, State.RUNNING)]
         changed: set[str] | None = set()
-        if watched and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
+        with self._steps_lock:
+            live = self._watch_live and use_watcher
+            if live:
+                changed = set(self._job_changes)
+        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
             try:
                 index, changed = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
                 self._alloc_index = index
@@ -251,27 +267,32 @@ class Reconciler:
             except (TransientError, PermanentError):
                 changed = None
         due: list[RunBrief] = []
-        pending: list[RunBrief] = []
         for r in runs:
-            state = State(r.state)
-            if state in (State.DISPATCHED, State.RUNNING):
+            if r.state in (State.DISPATCHED, State.RUNNING):
                 last = self._last_watch.get(r.id)
+                if last is None and live:
+                    # the watcher names it when its allocation starts or ends; until then the safety timer
+                    last = self._last_watch[r.id] = mono
                 if changed is None or last is None or r.nomad_job_id in changed or mono - last >= self.WATCH_SAFETY:
                     self._last_watch[r.id] = mono
                     due.append(r)
-            elif state == State.PENDING and r.kind == "vault-action":
-                pending.append(r)
             else:
                 due.append(r)
-        if ctx.head is not None and pending:
-            free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
+        if live and changed:
+            looked = {r.nomad_job_id for r in due}
             with self._steps_lock:
-                queued = len(self._stepping_pending)
+                # a change of a run being stepped right now waits for the next pass (not for WATCH_SAFETY)
+                for job_id in list(self._job_changes):
+                    if job_id in looked or mono - self._job_changes[job_id] >= self.WATCH_SAFETY:
+                        del self._job_changes[job_id]
+        if ctx.head is not None:
+            free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
             # a few more than the free slots (some will be rejected, not bound), and never more than
             # the workers can take now: a queue of pending steps would delay everything behind it
             room = min(max(0, free) + 8, max(0, 2 * self._workers - queued))
-            pending.sort(key=lambda r: r.created_at)
-            due.extend(pending[:room])
+            if room:
+                pending = ctx.store.briefs([State.PENDING], kinds=["vault-action"], due_by=stamp, limit=room + queued)
+                due.extend([r for r in pending if r.id not in busy and _due(r, now)][:room])
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
         listed = {r.id: r.state for r in due}
@@ -282,6 +303,17 @@ class Reconciler:
             self._stepping.pop(run_id, None)
             self._stepping_pending.discard(run_id)
         self._wake.set()
+
+    def allocations_changed(self, jobs: set[str] | None) -> None:
+        """From the allocation watcher: these jobs' allocations changed (None: the watch is failing)."""
+        with self._steps_lock:
+            if jobs is None:
+                self._watch_live = False
+                return
+            self._watch_live = True
+            now = time.monotonic()
+            for job_id in jobs:
+                self._job_changes.setdefault(job_id, now)
 
     def remote_changed(self) -> None:
         self._remote_dirty.set()
@@ -342,11 +374,15 @@ class Reconciler:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
         self._remote_dirty.set()  # the first pass of every serve() reads the remote afresh
-        watchers = Watchers(self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed).start()
+        watchers = Watchers(
+            self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed, on_allocations=self.allocations_changed
+        ).start()
         try:
             return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
         finally:
             watchers.stop()
+            with self._steps_lock:
+                self._watch_live = False
 
     def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
         while not stop.is_set():
@@ -358,7 +394,8 @@ class Reconciler:
                     return False
                 continue
             summary = self.run_pass(wait=False)
-            active = self.ctx.store.briefs(ACTIVE)
+            counts = self.ctx.store.counts()
+            active = {state: n for state, n in counts.items() if State(state) in ACTIVE and n}
             with self._steps_lock:
                 stepping = bool(self._stepping)
             stepping = stepping or self.reporting()
@@ -371,7 +408,7 @@ class Reconciler:
                 return False
             wait = interval
             if active or stepping:
-                wait = min(interval, self._next_due(active))
+                wait = min(interval, self._next_due())
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             log.debug("pass done in %.3f s: %s; next in %.2f s", summary.duration, summary, wait)
@@ -381,20 +418,25 @@ class Reconciler:
             self._wake.clear()
         return True
 
-    def _drained(self, active: list[RunBrief]) -> bool:
+    def _drained(self, active: dict[str, int]) -> bool:
+        """``active``: runs per active state."""
         from reconciler import brakes
 
         if not brakes.read(self.ctx.store).draining:
             return False
-        return not any(State(r.state) not in (State.PENDING,) for r in active)
+        return not any(State(state) != State.PENDING for state in active)
 
-    def _next_due(self, active: list[RunBrief]) -> float:
-        now = self.ctx.now()
+    def _next_due(self) -> float:
+        """Seconds until the next pass: soon (at most 0.5 s) while runs are active, sooner for a requeue due earlier."""
         soonest = 0.5
-        for r in active:
-            if r.next_try_at:
-                soonest = min(soonest, max(0.05, parse_rfc3339(r.next_try_at) - now))
+        earliest = self.ctx.store.earliest_retry(ACTIVE)
+        if earliest:
+            soonest = min(soonest, max(0.05, parse_rfc3339(earliest) - self.ctx.now()))
         return max(0.1, min(soonest, 0.5))
+
+
+#: Active states other than pending: every such run is listed each pass (pending ones only as admitted).
+ACTIVE_PAST_PENDING = frozenset(ACTIVE - {State.PENDING})
 
 
 def _due(run: RunBrief, now: float) -> bool:

@@ -73,6 +73,8 @@ class StaleState(StoreError):
     """The run was not in the state the caller expected: someone else moved it."""
 
 
+_STATES: dict[str, State] = {s.value: s for s in State}
+
 _RUN_COLUMNS: dict[str, type] = {
     name: (int if name in ("attempt", "exit_code", "issue", "pull_number", "timeout_minutes", "failures") else str)
     for name in RunRecord.model_fields
@@ -228,17 +230,40 @@ class RunStore:
                 rows = list(self.db.query(f"select * from runs where state in ({marks}) order by created_at, rowid", values))
         return [RunRecord.from_row(r) for r in rows]
 
-    def briefs(self, states: Iterable[State]) -> list[RunBrief]:
-        """``RunBrief`` of the runs in ``states``, oldest first: cheap enough for every pass."""
-        values = [State(s).value for s in states]
-        marks = ",".join("?" * len(values))
+    def briefs(
+        self, states: Iterable[State], *, kinds: Iterable[str] | None = None, due_by: str | None = None, limit: int | None = None
+    ) -> list[RunBrief]:
+        """``RunBrief`` of the runs in ``states``, oldest first: cheap enough for every pass.
+
+        ``kinds``: only runs of these kinds; ``due_by``: only runs without a ``next_try_at``
+        later than this RFC 3339 time; ``limit``: at most this many.
+        """
+        values: list[Any] = [State(s).value for s in states]
+        where = f"state in ({','.join('?' * len(values))})"
+        if kinds is not None:
+            wanted = list(kinds)
+            where += f" and kind in ({','.join('?' * len(wanted))})"
+            values.extend(wanted)
+        if due_by is not None:
+            where += " and (next_try_at is null or next_try_at <= ?)"
+            values.append(due_by)
+        sql = f"select id, kind, state, next_try_at, nomad_job_id, created_at from runs where {where} order by created_at, rowid"
+        if limit is not None:
+            sql += " limit ?"
+            values.append(max(0, int(limit)))
         with self._lock:
-            rows = self._conn.execute(
-                f"select id, kind, state, next_try_at, nomad_job_id, created_at from runs where state in ({marks}) "
-                "order by created_at, rowid",
+            rows = self._conn.execute(sql, values).fetchall()
+        return [RunBrief(r[0], r[1], _STATES[r[2]], r[3], r[4], r[5]) for r in rows]
+
+    def earliest_retry(self, states: Iterable[State]) -> str | None:
+        """The earliest ``next_try_at`` of the runs in ``states`` (None: no run is requeued)."""
+        values = [State(s).value for s in states]
+        with self._lock:
+            row = self._conn.execute(
+                f"select min(next_try_at) from runs where state in ({','.join('?' * len(values))}) and next_try_at is not null",
                 values,
-            ).fetchall()
-        return [RunBrief(r[0], r[1], State(r[2]), r[3], r[4], r[5]) for r in rows]
+            ).fetchone()
+        return row[0] if row else None
 
     def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
         """The runs with these ids that exist, in the order asked."""

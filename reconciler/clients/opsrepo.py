@@ -437,6 +437,7 @@ class OpsRepo:
         self._head: str | None = None
         self._cat: _CatFile | None = None
         self._tree_lock = threading.Lock()
+        self._histories: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._trees: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
         self._commit_trees: dict[str, str] = {}
 
@@ -890,7 +891,23 @@ class OpsRepo:
 
     def path_histories(self, sha: str, directory: str) -> dict[str, list[str]]:
         """For every path under ``directory``: the commits of the first-parent history that changed
-        it, newest first (``history`` for all of them at once, as commit ids), from one ``git log`` walk."""
+        it, newest first (``history`` for all of them at once, as commit ids), from one ``git log`` walk.
+
+        History below a commit never changes: the last few answers are kept.
+        """
+        key = (sha, directory)
+        with self._tree_lock:
+            kept = self._histories.get(key)
+        if kept is not None:
+            return kept
+        histories = self._walk_histories(sha, directory)
+        with self._tree_lock:
+            self._histories[key] = histories
+            while len(self._histories) > 4:
+                self._histories.pop(next(iter(self._histories)))
+        return histories
+
+    def _walk_histories(self, sha: str, directory: str) -> dict[str, list[str]]:
         self._ready()
         proc = self._run(
             ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", _check_path(directory)],
