@@ -2,9 +2,11 @@
 
 Before an attempt is dispatched, the reconciler records it in Nomad itself
 (created only if absent, updated only by check-and-set): the attempt, its
-idempotency token, its claim token's accessors and, once known, the child's
-job id. Variables are never garbage-collected, so the record outlives the
-child and the reconciler's own database.
+idempotency token and its claim token's accessors. The child is not written
+back (a write per dispatch saved): its meta names the run and the attempt, so
+recovery finds it in one listing; a child adopted by recovery is recorded.
+Variables are never garbage-collected, so the record outlives the child and
+the reconciler's own database.
 
 When a run is found in a state that does not know what a previous process did
 (no claim held in memory, or a run rebuilt from scratch), the record answers:

@@ -347,7 +347,8 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         ctx.claims.pop(run.id, None)
         changes.update({"token_accessor": child_accessor, "wrapping_accessor": None})
         note = "; an earlier dispatch of this attempt already existed and was adopted"
-    claims.record_child(ctx, run, changes.get("token_accessor", claim.token_accessor), claim.wrapping_accessor, job_id)
+    # The child's id is not written back to the durable claim: recovery finds the child by its
+    # meta (run_id, attempt) in one listing, and every dispatch saves a Nomad write.
     ctx.observe("dispatch_latency", max(0.0, ctx.now() - _desired_since(ctx, run)))
     return _transition(
         ctx,

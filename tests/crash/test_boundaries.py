@@ -105,7 +105,6 @@ HOLDS: dict[str, tuple[str, Callable[[str], Callable[[Request], bool]]]] = {
     "token-minted": ("vault", token_mint),
     "child-dispatched": ("nomad", dispatch),
     "child-read-back": ("nomad", child_read),
-    "claim-child-recorded": ("nomad", claim_put("dispatched")),
     "allocation-read": ("nomad", alloc_read),
     "claim-revoked": ("vault", revoke),
     "claim-marked-done": ("nomad", claim_put("done")),
