@@ -83,8 +83,8 @@ class Reconciler:
         self._last_watch: dict[str, float] = {}
         self._watch_live = False
         """True while the allocation watcher reports changes (then the loop does not list allocations)."""
-        self._job_changes: dict[str, float] = {}
-        """Jobs the watcher saw change, not yet looked at (job id -> when first seen)."""
+        self._job_changes: dict[str, tuple[float, set[str]]] = {}
+        """Jobs the watcher saw change, not yet looked at: job id -> (when first seen, client statuses)."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -227,6 +227,10 @@ class Reconciler:
     REPORT_EVERY = 0.5
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
+    #: The same for a started run while the allocation watcher names the jobs that changed: the look is then
+    #: only a safety net (timeouts are minutes, a missed change), and a thousand running children must not
+    #: cost a thousand looks every few seconds. A run not yet started keeps WATCH_SAFETY (placement deadline).
+    WATCH_SAFETY_WATCHED = 20.0
     #: Seconds a wake-up waits so that many finishing steps share one pass.
     COALESCE = 0.05
     #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
@@ -237,7 +241,8 @@ class Reconciler:
 
         Watched runs (dispatched, running) are looked at when Nomad says their
         allocations changed, when new, or every WATCH_SAFETY seconds (deadlines,
-        jobs gone behind our back). Pending vault actions are admitted only as far
+        jobs gone behind our back; WATCH_SAFETY_WATCHED for started runs while the
+        watcher reports changes). Pending vault actions are admitted only as far
         as in-flight capacity allows, so a backlog costs nothing per pass.
         """
         now = ctx.now()
@@ -254,36 +259,44 @@ class Reconciler:
             if r.id not in busy and step_for(r) is not None and _due(r, now)
         ]
         watched = [r for r in runs if r.state in (State.DISPATCHED, State.RUNNING)]
-        changed: set[str] | None = set()
+        changes: dict[str, set[str]] | None = {}
         with self._steps_lock:
             live = self._watch_live and use_watcher
             if live:
-                changed = set(self._job_changes)
+                changes = {job: statuses for job, (_, statuses) in self._job_changes.items()}
         if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
             try:
-                index, changed = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
+                index, listed_jobs = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
+                changes = {job: {"?"} for job in listed_jobs}
                 self._alloc_index = index
                 self._last_alloc_list = mono
             except (TransientError, PermanentError):
-                changed = None
+                changes = None
         due: list[RunBrief] = []
+        settled: set[str] = set()
         for r in runs:
-            if r.state in (State.DISPATCHED, State.RUNNING):
-                last = self._last_watch.get(r.id)
-                if last is None and live:
-                    # the watcher names it when its allocation starts or ends; until then the safety timer
-                    last = self._last_watch[r.id] = mono
-                if changed is None or last is None or r.nomad_job_id in changed or mono - last >= self.WATCH_SAFETY:
-                    self._last_watch[r.id] = mono
-                    due.append(r)
-            else:
+            if r.state not in (State.DISPATCHED, State.RUNNING):
                 due.append(r)
-        if live and changed:
-            looked = {r.nomad_job_id for r in due}
+                continue
+            last = self._last_watch.get(r.id)
+            if last is None and live:
+                # the watcher names it when its allocation starts or ends; until then the safety look
+                last = self._last_watch[r.id] = mono
+            statuses = None if changes is None else changes.get(r.nomad_job_id or "")
+            # a started run learns nothing from "still running" (task events); anything else is worth a look
+            named = statuses is not None and (r.state == State.DISPATCHED or bool(statuses - {"running"}))
+            if statuses is not None:
+                settled.add(r.nomad_job_id or "")
+            safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
+            if changes is None or last is None or named or mono - last >= safety:
+                self._last_watch[r.id] = mono
+                due.append(r)
+        if live:
             with self._steps_lock:
-                # a change of a run being stepped right now waits for the next pass (not for WATCH_SAFETY)
+                # what was looked at (or needs no look) is forgotten; a change of a run being stepped right
+                # now stays for the next pass, and a change of no run of ours ages out
                 for job_id in list(self._job_changes):
-                    if job_id in looked or mono - self._job_changes[job_id] >= self.WATCH_SAFETY:
+                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY:
                         del self._job_changes[job_id]
         if ctx.head is not None:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
@@ -304,16 +317,18 @@ class Reconciler:
             self._stepping_pending.discard(run_id)
         self._wake.set()
 
-    def allocations_changed(self, jobs: set[str] | None) -> None:
-        """From the allocation watcher: these jobs' allocations changed (None: the watch is failing)."""
+    def allocations_changed(self, jobs: dict[str, set[str]] | None) -> None:
+        """From the allocation watcher: these jobs' allocations changed to these client statuses
+        (None: the watch is failing)."""
         with self._steps_lock:
             if jobs is None:
                 self._watch_live = False
                 return
             self._watch_live = True
             now = time.monotonic()
-            for job_id in jobs:
-                self._job_changes.setdefault(job_id, now)
+            for job_id, statuses in jobs.items():
+                seen, known = self._job_changes.get(job_id, (now, set()))
+                self._job_changes[job_id] = (seen, known | statuses)
 
     def remote_changed(self) -> None:
         self._remote_dirty.set()
@@ -330,8 +345,8 @@ class Reconciler:
                 before = State(current.state)
                 current = step(ctx, current)
                 after = State(current.state)
-                if after == before or after not in STEPS or after in (State.DISPATCHED,):
-                    break
+                if after == before or after not in STEPS or after in (State.DISPATCHED,) or before in (State.DISPATCHED, State.RUNNING):
+                    break  # a watch step already decided on what it saw: looking again at once would see the same
                 step = step_for(current)
             if current.failures:
                 # the step went through: the backoff counts consecutive failures only

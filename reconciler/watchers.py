@@ -32,7 +32,7 @@ class Watchers:
         wake: Callable[[], None],
         *,
         on_remote: Callable[[], None] | None = None,
-        on_allocations: Callable[[set[str] | None], None] | None = None,
+        on_allocations: Callable[[dict[str, set[str]] | None], None] | None = None,
         remote_poll: float = 1.0,
         nomad_wait: float = 30.0,
     ) -> None:
@@ -60,8 +60,8 @@ class Watchers:
         self._stop.set()
 
     def _watch_nomad(self) -> None:
-        """``on_allocations`` hears the jobs whose allocations changed, or None while the watch is failing
-        (the loop then lists allocations itself)."""
+        """``on_allocations`` hears the jobs whose allocations changed (with the statuses they changed to),
+        or None while the watch is failing (the loop then lists allocations itself)."""
         index = 0
         backoff = 1.0
         changes = getattr(self._nomad, "wait_allocation_changes", None)
@@ -70,7 +70,7 @@ class Watchers:
                 if changes is not None:
                     new, jobs = changes(index, self._nomad_wait)
                 else:
-                    new, jobs = self._nomad.wait_allocations(index, self._nomad_wait), set()
+                    new, jobs = self._nomad.wait_allocations(index, self._nomad_wait), {}
                 backoff = 1.0
             except (TransientError, PermanentError) as exc:
                 log.debug("allocation watch failed (%s); retrying in %.0f s", exc, backoff)

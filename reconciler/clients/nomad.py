@@ -397,9 +397,10 @@ class NomadClient:
         """Block until any allocation changes past ``index`` (or ``wait_seconds`` pass); return the new index."""
         return self.wait_allocation_changes(index, wait_seconds)[0]
 
-    def wait_allocation_changes(self, index: int, wait_seconds: float) -> tuple[int, set[str]]:
+    def wait_allocation_changes(self, index: int, wait_seconds: float) -> tuple[int, dict[str, set[str]]]:
         """Block until any allocation changes past ``index`` (or ``wait_seconds`` pass): the new index
-        and the jobs whose allocations changed (the filter keeps the answer to those).
+        and, for each job whose allocations changed, the client statuses they changed to (the filter
+        keeps the answer to those).
 
         An allocation only placed (``pending``) is left out: nothing about its run can be decided
         yet, and the loop still looks at every watched run now and then (deadlines, lost children).
@@ -415,14 +416,14 @@ class NomadClient:
             timeout=timeout,
         )
         new_index = int(resp.headers.get("X-Nomad-Index") or index)
+        changed: dict[str, set[str]] = {}
         try:
-            changed = {
-                str(a.get("JobID"))
-                for a in resp.json() or []
-                if int(a.get("ModifyIndex") or 0) > since and a.get("ClientStatus") != "pending"
-            }
+            for alloc in resp.json() or []:
+                status = str(alloc.get("ClientStatus") or "")
+                if int(alloc.get("ModifyIndex") or 0) > since and status != "pending":
+                    changed.setdefault(str(alloc.get("JobID")), set()).add(status)
         except ValueError:
-            changed = set()
+            changed = {}
         return new_index, changed
 
     # -- writes --------------------------------------------------------------------------------

@@ -267,8 +267,8 @@ def test_allocation_changes_name_the_jobs_that_moved_past_an_index(client: Nomad
     later, changed = client.allocation_changes(index)
     assert later > index and changed == {second.job_id}
     moved, jobs = client.wait_allocation_changes(index, 1)
-    assert moved == later and jobs == {second.job_id}  # running: worth a look
-    assert client.wait_allocation_changes(later, 1) == (later, set())  # nothing since: the wait ran out
+    assert moved == later and jobs == {second.job_id: {"running"}}  # with the status it changed to
+    assert client.wait_allocation_changes(later, 1) == (later, {})  # nothing since: the wait ran out
 
 
 # ----------------------------------------------------------------------------- jobspecs
