@@ -526,6 +526,66 @@ def _collect(bench: Bench, cluster: ClusterProcess, n: int, ids: list[str], t_op
     }
 
 
+def scenario_ceiling(workdir: Path, n: int, *, threads: int = 16) -> dict[str, Any]:
+    """What the doubles can serve at most on this machine: the dispatch path's calls, no reconciler.
+
+    ``threads`` threads share N sequences of the calls one dispatch makes (mint a wrapped claim in
+    Vault, create the durable claim variable, dispatch with an idempotency token and read the
+    child back), through the same client objects the reconciler uses. A dispatch rate can not
+    exceed this; the reconciler's own work (validation, approval, the store) comes on top.
+    """
+    cluster = ClusterProcess(workdir / "cluster")
+    try:
+        from reconciler.app import build_context
+        from store.runs import RunStore
+
+        settings = cluster.call("settings", db=workdir / "state" / "r.db", ops_root=workdir / "ops", interval=0.2,
+                                max_in_flight=2000, placement_deadline=600)
+        cluster.call("finish_at", time.time() + 3600)  # nothing finishes meanwhile
+        store = RunStore(settings.store.db, time.time)
+        ctx = build_context(settings, store)
+        lock = threading.Lock()
+
+        def run(label: str, count: int, one: Callable[[int], None]) -> float:
+            todo = iter(range(count))
+
+            def work() -> None:
+                while True:
+                    with lock:
+                        i = next(todo, None)
+                    if i is None:
+                        return
+                    one(i)
+
+            started = time.perf_counter()
+            pool = [threading.Thread(target=work, name=f"ceiling-{label}-{k}") for k in range(threads)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            return count / (time.perf_counter() - started)
+
+        def sequence(i: int) -> None:
+            ctx.vault.mint_claim(["runner-claim"], ttl=900, explicit_max_ttl=900, wrap_ttl=600,
+                                 meta={"run_id": f"ceiling-{i}"}, display_name=f"run-ceiling-{i}")
+            ctx.nomad.put_variable(f"reconciler/runs/ceiling-{i}", {"attempt": "1", "state": "dispatching"}, cas=0)  # type: ignore[attr-defined]
+            _ceiling_dispatch(ctx, f"ceiling-{i}")
+
+        full = run("full", n, sequence)
+        only = run("dispatch", n, lambda i: _ceiling_dispatch(ctx, f"ceiling-only-{i}"))
+        store.close()
+        return {"n": n, "threads": threads, "sequence_per_s": full, "dispatch_per_s": only, "peak_rss_mb": peak_rss_mb()}
+    finally:
+        cluster.stop()
+
+
+def _ceiling_dispatch(ctx: Any, run_id: str) -> None:
+    meta = {"run_id": run_id, "attempt": "1", "action_id": run_id, "formula": "release", "timeout_seconds": "60",
+            "wrapped_accessor": "none", "secrets": "", "mounts": ""}
+    ctx.nomad.dispatch(RUNNER_PARENT, meta=meta, payload=b'{"version": 1, "wrapping_token": "none"}',
+                       idempotency_token=f"{run_id}/1", id_prefix_template=run_id)
+
+
 def scenario_history(workdir: Path, n: int, *, passes: int = 20) -> dict[str, Any]:
     """N completed actions in the ops repo and the store: one cold pass (restart: full scan), then idle passes."""
     cluster = ClusterProcess(workdir / "cluster")
@@ -581,7 +641,8 @@ class Plan:
 
 def plans(quick: bool, profile: bool) -> list[Plan]:
     small, big, history = (100, 100, 1000) if quick else (100, 1000, 10000)
-    out = [Plan("throughput-100", ["throughput", str(small)], 300), Plan("together-100", ["together", "100"], 300)]
+    out = [Plan("throughput-100", ["throughput", str(small)], 300), Plan("together-100", ["together", "100"], 300),
+           Plan("ceiling", ["ceiling", "100" if quick else "300"], 300)]
     if not quick:
         out.append(Plan("throughput-1000", ["throughput", str(big)], 900))
     out.append(Plan(f"backlog-{big}", ["backlog", str(big)], 900))
@@ -764,6 +825,11 @@ def rows(results: dict[str, dict[str, Any]], quick: bool) -> list[tuple[str, str
                     f"({t['reported']}/{t['n']} reported)", "<= 5", verdict(t["reported"] >= t["n"] and t["result_commits"] <= 5)))
         out.append(("dispatch rate, 100 actions with nothing finishing meanwhile", _fmt(t["dispatch_rate"], " /s", 1)
                     + f" (best second: {t['dispatch_best_second']})", "-", "-"))
+        c = get("ceiling")
+        if c and "error" not in c:
+            out.append((f"doubles' ceiling: bare clients, {c['threads']} threads, no reconciler",
+                        f"{_fmt(c['sequence_per_s'], ' /s', 0)} mint + claim write + dispatch + read-back; "
+                        f"{_fmt(c['dispatch_per_s'], ' /s', 0)} dispatch + read-back alone", "-", "-"))
         out.append(("100 finishing together: job end -> result pushed, p50 / p95",
                     f"{_fmt(t['end_to_push_p50'], ' s')} / {_fmt(t['end_to_push_p95'], ' s')}", "-", "-"))
     elif t:
@@ -903,6 +969,8 @@ def run_scenario(argv: list[str], workdir: Path, result: Path) -> None:
     if kind == "throughput":
         data = scenario_actions(workdir, n, capacity=None, loop={"interval": 0.2, "max_in_flight": 2000, "placement_deadline": 600},
                                 timeout=max(120.0, n * 0.6))
+    elif kind == "ceiling":
+        data = scenario_ceiling(workdir, n)
     elif kind == "together":
         data = scenario_actions(workdir, n, capacity=None, loop={"interval": 0.2, "max_in_flight": 2000, "placement_deadline": 600},
                                 timeout=120.0, together=TOGETHER_SECONDS)
