@@ -66,6 +66,7 @@ class Reconciler:
         self._report_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
         self._reporting: Any = None
         self._last_report = float("-inf")
+        self._marking: set[Any] = set()
         self._workers = workers
         self._wake = threading.Event()
         self._sleep = sleep
@@ -176,8 +177,12 @@ class Reconciler:
         ctx.observe("set_runs_by_state", ctx.store.counts())
         return summary
 
-    def _report(self, head: str | None) -> tuple[list[str], list[str]]:
-        """Report every run whose outcome is known (one push) and the finished sidecar runs."""
+    def _report(self, head: str | None, *, wait_marks: bool = True) -> tuple[list[str], list[str]]:
+        """Report every run whose outcome is known (one push) and the finished sidecar runs.
+
+        ``wait_marks=False``: the durable claims are marked done on the watch pool, so the next
+        push need not wait for those Nomad writes (``reporting()`` covers them until they end).
+        """
         ctx = self.ctx
         reported: list[str] = []
         errors: list[str] = []
@@ -185,7 +190,7 @@ class Reconciler:
             with self._steps_lock:
                 repush, self._repush = self._repush, []
             try:
-                reported = publish.report_ready(ctx, repush)
+                reported = publish.report_ready(ctx, repush, mark_later=None if wait_marks else self._mark_later)
             except (TransientError, PermanentError) as exc:
                 with self._steps_lock:
                     self._repush.extend(repush)
@@ -207,7 +212,7 @@ class Reconciler:
 
     def _report_logged(self, head: str | None) -> None:
         try:
-            reported, errors = self._report(head)
+            reported, errors = self._report(head, wait_marks=False)
             for err in errors:
                 log.warning("%s", err)
             if reported:
@@ -215,16 +220,29 @@ class Reconciler:
         except Exception:  # a bug must not stop the reporter thread for good
             log.exception("report failed")
 
-    def reporting(self) -> bool:
+    def _mark_later(self, runs: list[RunRecord]) -> None:
+        if not runs:
+            return
+        future = self._watch_pool.submit(publish.mark_all_done, self.ctx, runs)
         with self._steps_lock:
-            return self._reporting is not None and not self._reporting.done()
+            self._marking.add(future)
+        future.add_done_callback(self._marked)
+
+    def _marked(self, future: Any) -> None:
+        with self._steps_lock:
+            self._marking.discard(future)
+
+    def reporting(self) -> bool:
+        """A report, or the marking of its claims, is under way."""
+        with self._steps_lock:
+            return bool(self._marking) or (self._reporting is not None and not self._reporting.done())
 
     #: Seconds the service's passes share answers from the forge and Nomad listings (passes run several
     #: times a second under load); a pass run on its own (``wait=True``) always asks afresh.
     PASS_CACHE_SECONDS = 1.0
     #: Seconds between the starts of two background reports: a push costs git work whatever its size,
     #: so under a burst results are gathered for this long (the latency target is 1 s from job end).
-    REPORT_EVERY = 0.5
+    REPORT_EVERY = 0.3
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
     #: The same for a started run while the allocation watcher names the jobs that changed: the look is then

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler import claims
@@ -29,8 +29,14 @@ from store.runs import StaleState, parse_rfc3339
 REPORTED_DOC_KEY = "result.doc."
 
 
-def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[str]:
-    """Push the results of every run awaiting report; returns the run ids reported."""
+def report_ready(
+    ctx: Context, extra_repush: list[str] | None = None, *, mark_later: Callable[[list[RunRecord]], None] | None = None
+) -> list[str]:
+    """Push the results of every run awaiting report; returns the run ids reported.
+
+    The durable claims of the runs reported are marked done before returning, or handed to
+    ``mark_later`` (the service marks them beside the next push; see ``_report``).
+    """
     runs = [r for r in ctx.store.runs(AWAITING_REPORT) if r.kind == "vault-action"]
     reported: list[str] = []
     files: dict[str, bytes] = {}
@@ -83,7 +89,10 @@ def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[st
                 if _report(ctx, run, None, "superseded by a newer run of the same action; no result file of its own", mark=False):
                     done.append(run)
                 reported.append(run.id)
-    _mark_all_done(ctx, done)
+    if mark_later is not None:
+        mark_later(done)
+    else:
+        mark_all_done(ctx, done)
     if ctx.settings.forge.pr_comments:
         for path, run in owners.items():
             _comment_on_pull(ctx, run, docs[run.id], path, commit)
@@ -94,7 +103,7 @@ def report_ready(ctx: Context, extra_repush: list[str] | None = None) -> list[st
 MARK_PARALLEL = 8
 
 
-def _mark_all_done(ctx: Context, runs: list[RunRecord]) -> None:
+def mark_all_done(ctx: Context, runs: list[RunRecord]) -> None:
     """Mark the durable claims of reported runs done, several at a time (best effort, as ``_mark_done``)."""
     runs = [r for r in runs if r.attempt > 0]
     if len(runs) <= 1:
