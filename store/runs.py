@@ -1,9 +1,14 @@
-"""The run store: SQLite through sqlite-utils.
+"""The run store: SQLite (schema through sqlite-utils, rows in plain SQL).
 
 One row per run (``runs``) and an append-only journal (``journal``). A state
 change and its journal entry are written in one transaction, guarded by the
 state machine and by the state the caller believed the run was in, so two
 writers can never move a run along an edge that does not exist.
+
+Writes go through one connection under a lock, each a short transaction; reads
+use a connection of their own per thread (WAL mode: a reader sees what is
+committed and never waits for a writer), except inside a transaction, which
+reads its own writes.
 
 The schema is versioned (table ``schema_version``); an older file is migrated
 when it is opened, a newer one is refused with a message saying so.
@@ -146,6 +151,9 @@ class RunStore:
             raise StoreError(f"RECONCILER_DB={path} is not a usable SQLite file: {exc}") from None
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
+        self._local = threading.local()
+        self._readers: dict[int, sqlite3.Connection] = {}
+        self._shared_reads = str(path) == ":memory:"
         self.observers: list[Callable[[RunRecord, str, str | None, str], None]] = []
         """Called after each committed transition with (run, transition, from_state, to_state); for metrics."""
         self._migrate()
@@ -175,7 +183,41 @@ class RunStore:
     def _tx(self) -> Iterator[None]:
         """One transaction under the store's lock; nested blocks become savepoints."""
         with self._lock, self.db.atomic():
-            yield
+            self._local.writing = getattr(self._local, "writing", 0) + 1
+            try:
+                yield
+            finally:
+                self._local.writing -= 1
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection to read from: this thread's own (WAL: readers never wait for the writer, and see
+        what is committed), or the writer's inside a transaction (to see its own writes)."""
+        if self._shared_reads or getattr(self._local, "writing", 0):
+            with self._lock:
+                yield self._conn
+            return
+        conn = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA cache_size=-1024")  # 1 MiB per reading thread
+            with self._lock:
+                alive = {t.ident for t in threading.enumerate()}
+                for ident in [i for i in self._readers if i not in alive]:
+                    self._readers.pop(ident).close()
+                self._readers[threading.get_ident()] = conn
+            self._local.reader = conn
+        yield conn
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._reading() as conn:
+            cursor = conn.execute(sql, list(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def _tuples(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._reading() as conn:
+            return conn.execute(sql, list(params)).fetchall()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -185,6 +227,9 @@ class RunStore:
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers.values():
+                reader.close()
+            self._readers.clear()
             self._conn.close()
 
     def now(self) -> str:
@@ -192,8 +237,7 @@ class RunStore:
 
     # -- reads ----------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord | None:
-        with self._lock:
-            rows = list(self.db.query("select * from runs where id = ?", [run_id]))
+        rows = self._rows("select * from runs where id = ?", [run_id])
         return RunRecord.from_row(rows[0]) if rows else None
 
     def find(self, ref: str) -> RunRecord | None:
@@ -201,33 +245,25 @@ class RunStore:
         run = self.get(ref)
         if run is not None:
             return run
-        with self._lock:
-            if ref.startswith("issue:"):
-                parts = ref.split(":")
-                if len(parts) >= 3 and parts[1].isdigit():
-                    rows = list(
-                        self.db.query(
-                            "select * from runs where issue = ? and kind = ? order by created_at desc, rowid desc limit 1",
-                            [int(parts[1]), parts[2]],
-                        )
-                    )
-                    return RunRecord.from_row(rows[0]) if rows else None
-                return None
-            rows = list(
-                self.db.query(
-                    "select * from runs where action_id = ? order by created_at desc, rowid desc limit 1", [ref]
+        if ref.startswith("issue:"):
+            parts = ref.split(":")
+            if len(parts) >= 3 and parts[1].isdigit():
+                rows = self._rows(
+                    "select * from runs where issue = ? and kind = ? order by created_at desc, rowid desc limit 1",
+                    [int(parts[1]), parts[2]],
                 )
-            )
+                return RunRecord.from_row(rows[0]) if rows else None
+            return None
+        rows = self._rows("select * from runs where action_id = ? order by created_at desc, rowid desc limit 1", [ref])
         return RunRecord.from_row(rows[0]) if rows else None
 
     def runs(self, states: Iterable[State] | None = None) -> list[RunRecord]:
-        with self._lock:
-            if states is None:
-                rows = list(self.db.query("select * from runs order by created_at, rowid"))
-            else:
-                values = [State(s).value for s in states]
-                marks = ",".join("?" * len(values))
-                rows = list(self.db.query(f"select * from runs where state in ({marks}) order by created_at, rowid", values))
+        if states is None:
+            rows = self._rows("select * from runs order by created_at, rowid")
+        else:
+            values = [State(s).value for s in states]
+            marks = ",".join("?" * len(values))
+            rows = self._rows(f"select * from runs where state in ({marks}) order by created_at, rowid", values)
         return [RunRecord.from_row(r) for r in rows]
 
     def briefs(
@@ -251,19 +287,16 @@ class RunStore:
         if limit is not None:
             sql += " limit ?"
             values.append(max(0, int(limit)))
-        with self._lock:
-            rows = self._conn.execute(sql, values).fetchall()
+        rows = self._tuples(sql, values)
         return [RunBrief(r[0], r[1], _STATES[r[2]], r[3], r[4], r[5]) for r in rows]
 
     def earliest_retry(self, states: Iterable[State]) -> str | None:
         """The earliest ``next_try_at`` of the runs in ``states`` (None: no run is requeued)."""
         values = [State(s).value for s in states]
-        with self._lock:
-            row = self._conn.execute(
-                f"select min(next_try_at) from runs where state in ({','.join('?' * len(values))}) and next_try_at is not null",
-                values,
-            ).fetchone()
-        return row[0] if row else None
+        rows = self._tuples(
+            f"select min(next_try_at) from runs where state in ({','.join('?' * len(values))}) and next_try_at is not null", values
+        )
+        return rows[0][0] if rows else None
 
     def get_many(self, run_ids: Iterable[str]) -> list[RunRecord]:
         """The runs with these ids that exist, in the order asked."""
@@ -271,12 +304,8 @@ class RunStore:
         found: dict[str, RunRecord] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            with self._lock:
-                cursor = self._conn.execute(f"select * from runs where id in ({','.join('?' * len(chunk))})", chunk)
-                names = [d[0] for d in cursor.description]
-                rows = cursor.fetchall()
-            for row in rows:
-                record = RunRecord.from_row(dict(zip(names, row)))
+            for row in self._rows(f"select * from runs where id in ({','.join('?' * len(chunk))})", chunk):
+                record = RunRecord.from_row(row)
                 found[record.id] = record
         return [found[i] for i in ids if i in found]
 
@@ -289,40 +318,29 @@ class RunStore:
             raise StoreError(f"no column {column!r}")
         values = [State(s).value for s in states]
         marks = ",".join("?" * len(values))
-        with self._lock:
-            return [(r[0], r[1]) for r in self.db.execute(f"select id, {column} from runs where state in ({marks})", values).fetchall()]
+        return [(r[0], r[1]) for r in self._tuples(f"select id, {column} from runs where state in ({marks})", values)]
 
     def has_active_run(self, action_id: str) -> bool:
         values = [s.value for s in ACTIVE]
-        with self._lock:
-            row = self.db.execute(
-                f"select 1 from runs where action_id = ? and state in ({','.join('?' * len(values))}) limit 1",
-                [action_id, *values],
-            ).fetchone()
-        return row is not None
+        rows = self._tuples(
+            f"select 1 from runs where action_id = ? and state in ({','.join('?' * len(values))}) limit 1", [action_id, *values]
+        )
+        return bool(rows)
 
     def runs_for_action(self, action_id: str) -> list[RunRecord]:
-        with self._lock:
-            rows = list(self.db.query("select * from runs where action_id = ? order by created_at, rowid", [action_id]))
+        rows = self._rows("select * from runs where action_id = ? order by created_at, rowid", [action_id])
         return [RunRecord.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self.db.execute("select state, count(*) from runs group by state").fetchall()
+        rows = self._tuples("select state, count(*) from runs group by state")
         return {state: n for state, n in rows}
 
     def in_flight(self) -> int:
         values = [s.value for s in IN_FLIGHT]
-        with self._lock:
-            return int(
-                self.db.execute(
-                    f"select count(*) from runs where state in ({','.join('?' * len(values))})", values
-                ).fetchone()[0]
-            )
+        return int(self._tuples(f"select count(*) from runs where state in ({','.join('?' * len(values))})", values)[0][0])
 
     def journal(self, run_id: str) -> list[JournalEntry]:
-        with self._lock:
-            rows = list(self.db.query("select * from journal where run_id = ? order by id", [run_id]))
+        rows = self._rows("select * from journal where run_id = ? order by id", [run_id])
         out = []
         for r in rows:
             r = dict(r)
@@ -431,15 +449,13 @@ class RunStore:
             self.db["control"].insert({"at": self.now(), "action": action, "reason": reason, "by": by})
 
     def control_events(self, limit: int = 20) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = list(self.db.query("select at, action, reason, by from control order by id desc limit ?", [limit]))
+        rows = self._rows("select at, action, reason, by from control order by id desc limit ?", [limit])
         return list(reversed(rows))
 
     # -- small durable facts (last seen head, leadership...) -----------------
     def get_value(self, key: str) -> str | None:
-        with self._lock:
-            row = self.db.execute("select value from kv where key = ?", [key]).fetchone()
-        return row[0] if row else None
+        rows = self._tuples("select value from kv where key = ?", [key])
+        return rows[0][0] if rows else None
 
     def set_value(self, key: str, value: str) -> None:
         with self._tx():
