@@ -48,6 +48,8 @@ class Context:
     gate_head: str | None = None
     """The commit approvals are read at: ``head``, or an older head when all that changed since are
     result files (the reconciler's own pushes change nothing an approval depends on)."""
+    approval_heads: dict[tuple[str, str], str] = field(default_factory=dict)
+    """``desired.approval_head``'s last answer (commits do not change: asked once per pair)."""
     claim_records: dict[str, Any] = field(default_factory=dict)
     """Durable claim records as this process last wrote them (saves a read before each rewrite)."""
     commit_times: dict[str, float] = field(default_factory=dict)
@@ -61,7 +63,10 @@ class Context:
     metrics: Any = None
     """``reconciler.metrics.Metrics`` when metrics are collected."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _slot_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Reserving in-flight slots (reads the store under it: kept apart from the pass cache's lock)."""
     _reserved_runs: list[RunRecord] = field(default_factory=list)
+    _helpers: Any = None
     _cache_born: float = float("-inf")
     _computing: dict[Any, threading.Event] = field(default_factory=dict)
 
@@ -102,6 +107,25 @@ class Context:
                 self._computing.pop(key, None)
             busy.set()
 
+    def together(self, *calls: Callable[[], Any]) -> list[Any]:
+        """Run independent calls at once (a log read, a revocation: one round trip instead of several);
+        their results in order. The first error is raised once all have ended. A call must not itself
+        use ``together`` (the helpers would wait on each other)."""
+        if len(calls) <= 1:
+            return [call() for call in calls]
+        with self._lock:
+            if self._helpers is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._helpers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="together")
+            helpers = self._helpers
+        futures = [helpers.submit(call) for call in calls]
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
+
     def observe(self, what: str, *args: Any) -> None:
         """Record a metric if metrics are on (``what`` names a ``Metrics`` method)."""
         if self.metrics is not None:
@@ -127,7 +151,7 @@ class Context:
         the per-kind limit, mutual exclusion per formula or per secret.
         """
         loop = self.settings.loop
-        with self._lock:
+        with self._slot_lock:
             reserved = [r for r in self._reserved_runs if r.id != run.id]
             if self.store.in_flight() + len(reserved) >= loop.max_in_flight:
                 return f"waiting for capacity: {loop.max_in_flight} runs in flight (RECONCILER_MAX_IN_FLIGHT)"
@@ -156,7 +180,7 @@ class Context:
         return None
 
     def release_slot(self, run: RunRecord) -> None:
-        with self._lock:
+        with self._slot_lock:
             self._reserved_runs = [r for r in self._reserved_runs if r.id != run.id]
 
     def backoff(self, run: RunRecord) -> float:

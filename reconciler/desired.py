@@ -94,6 +94,16 @@ def approval_head(ctx: Context, previous: str | None, head: str) -> str:
     """
     if previous is None or previous == head:
         return head
+    known = ctx.approval_heads.get((previous, head))
+    if known is not None:
+        return known
+    answer = _approval_head(ctx, previous, head)
+    ctx.approval_heads.clear()  # only the newest pair is asked again, pass after pass, until the head moves
+    ctx.approval_heads[(previous, head)] = answer
+    return answer
+
+
+def _approval_head(ctx: Context, previous: str, head: str) -> str:
     try:
         if not ctx.ops.is_ancestor(previous, head):
             return head

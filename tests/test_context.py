@@ -53,3 +53,41 @@ def test_begin_pass_keeps_answers_younger_than_max_age():
     assert ctx.cached(("k",), lambda: 2) == 1
     ctx.begin_pass()  # a pass on its own asks afresh
     assert ctx.cached(("k",), lambda: 3) == 3
+
+
+def test_together_runs_calls_at_once_and_keeps_their_order():
+    ctx = _ctx()
+    a, b = threading.Event(), threading.Event()
+
+    def first():
+        a.set()
+        assert b.wait(5), "the second call never ran beside the first"
+        return 1
+
+    def second():
+        b.set()
+        assert a.wait(5)
+        return 2
+
+    assert ctx.together(first, second) == [1, 2]
+    assert ctx.together() == [] and ctx.together(lambda: 3) == [3]
+
+
+def test_together_raises_the_first_error_after_every_call_ended():
+    ctx = _ctx()
+    done = []
+
+    def slow():
+        time.sleep(0.2)
+        done.append("slow")
+
+    def boom():
+        raise ValueError("vault down")
+
+    try:
+        ctx.together(boom, slow)
+    except ValueError as exc:
+        assert str(exc) == "vault down"
+    else:
+        raise AssertionError("the error was swallowed")
+    assert done == ["slow"]
