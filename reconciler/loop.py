@@ -60,7 +60,7 @@ class Reconciler:
             )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         # Watching and collecting never queue behind a burst of new dispatches.
-        self._watch_pool = ThreadPoolExecutor(max_workers=max(4, workers // 2), thread_name_prefix="watch")
+        self._watch_pool = ThreadPoolExecutor(max_workers=max(4, workers), thread_name_prefix="watch")
         # Reporting (revoke, push, mark done) runs beside the passes, one batch at a time: a push
         # never holds up admission and dispatch, and results finishing meanwhile share the next push.
         self._report_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
@@ -348,7 +348,11 @@ class Reconciler:
                 seen, known = self._job_changes.get(job_id, (now, set()))
                 self._job_changes[job_id] = (seen, known | statuses)
 
-    def remote_changed(self) -> None:
+    def remote_changed(self, head: str | None = None) -> None:
+        """The ops remote's head moved (to ``head``): fetch at the next pass - unless it is our own
+        result push, which changes nothing desired (the next periodic fetch catches up)."""
+        if head is not None and head == getattr(self.ctx.ops, "pushed_head", None):
+            return
         self._remote_dirty.set()
         self._wake.set()
 

@@ -233,10 +233,11 @@ def _claim_changes(claim: Claim) -> dict[str, Any]:
 def revoke_claim(ctx: Context, run: RunRecord) -> None:
     """Revoke the attempt's claim token and its wrapping token (idempotent)."""
     ctx.claims.pop(run.id, None)
-    for accessor in (run.token_accessor, run.wrapping_accessor):
-        if accessor and accessor not in ctx.revoked:
-            ctx.vault.revoke_accessor(accessor)
-            ctx.revoked.add(accessor)
+
+    def revoke(accessor: str) -> Any:
+        return lambda: (ctx.vault.revoke_accessor(accessor), ctx.revoked.add(accessor))
+
+    ctx.together(*[revoke(a) for a in (run.token_accessor, run.wrapping_accessor) if a and a not in ctx.revoked])
 
 
 def _recover_into_bound(ctx: Context, run: RunRecord, prior: claims.ClaimRecord, facts: dict[str, Any]) -> RunRecord:
@@ -552,21 +553,27 @@ def execute(ctx: Context, run: RunRecord, decision: Decision) -> RunRecord:
 
 def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
     """The allocation's log tail, redacted (declared values and secret shapes) before it is cut."""
-    parts = []
     task = RUNNER_TASK if run.kind == "vault-action" else "sidecar"
-    for kind in ("stdout", "stderr"):
+
+    def tail(kind: str) -> Any:
+        def read() -> str:
+            try:
+                return ctx.nomad.log_tail(alloc_id, task, type=kind, max_bytes=16384) or ""
+            except TransientError:
+                return ""
+
+        return read
+
+    def declared_values() -> dict[str, str]:
+        if not run.secrets:
+            return {}
         try:
-            text = ctx.nomad.log_tail(alloc_id, task, type=kind, max_bytes=16384)
-        except TransientError:
-            text = ""
-        if text:
-            parts.append(text if kind == "stdout" else "[stderr]\n" + text)
-    values: dict[str, str] = {}
-    if run.secrets:
-        try:
-            values = ctx.vault.secret_values(list(run.secrets))
+            return ctx.vault.secret_values(list(run.secrets))
         except (TransientError, PermanentError):
-            values = {}
+            return {}
+
+    stdout, stderr, values = ctx.together(tail("stdout"), tail("stderr"), declared_values)
+    parts = [text for text in (stdout, "[stderr]\n" + stderr if stderr else "") if text]
     return redacted_tail("\n".join(parts), values, LOG_LIMIT)
 
 

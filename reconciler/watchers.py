@@ -31,7 +31,7 @@ class Watchers:
         ops: Any,
         wake: Callable[[], None],
         *,
-        on_remote: Callable[[], None] | None = None,
+        on_remote: Callable[[str | None], None] | None = None,
         on_allocations: Callable[[dict[str, set[str]] | None], None] | None = None,
         remote_poll: float = 1.0,
         nomad_wait: float = 30.0,
@@ -39,7 +39,7 @@ class Watchers:
         self._nomad = nomad
         self._ops = ops
         self._wake = wake
-        self._on_remote = on_remote or wake
+        self._on_remote = on_remote or (lambda head: wake())
         self._on_allocations = on_allocations
         self._remote_poll = remote_poll
         self._nomad_wait = nomad_wait
@@ -96,5 +96,5 @@ class Watchers:
                 continue
             if last is not None and head != last:
                 self.wakeups["remote"] += 1
-                self._on_remote()
+                self._on_remote(head)
             last = head
