@@ -57,6 +57,8 @@ MODEL_POLL = 5.0
 MODEL_PASS_INTERVAL = 60.0
 
 JOB_SECONDS = 1.0
+#: The service's default RECONCILER_INTERVAL: reactivity comes from the watchers, not from a short interval.
+LOOP_INTERVAL = 10.0
 #: In the ``together`` scenario every job ends this many seconds after the merge (all are dispatched by then).
 TOGETHER_SECONDS = 12.0
 
@@ -893,7 +895,7 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool, info: dict[
         "the Vault, Forgejo and Nomad doubles (`LocalCluster`, Nomad in `simulate` mode: no process per job, each job "
         f"lasts {JOB_SECONDS:.0f} s) run in a child process, as real servers would. They share the machine's cores.",
         "- Actions: formula `release` (tier high), `secrets = []`, all in ONE pull request, approved by an admin, merged through "
-        "the Forgejo double; `max_in_flight` 2000, `interval` 0.2 s. Wall time runs from the merge commit landing to the "
+        f"the Forgejo double; `max_in_flight` 2000, `interval` {LOOP_INTERVAL:.0f} s (the default: the watchers wake the loop). Wall time runs from the merge commit landing to the "
         "last run reported.",
         "- Serial shell-loop **model** (computed, not run): one action at a time, its allocation polled every 5 s, 60 s "
         "between passes: `30 s (mean wait for the next pass) + N x ceil(1 s / 5) x 5 s`; git and dispatch costs counted as zero.",
@@ -967,15 +969,15 @@ def run_scenario(argv: list[str], workdir: Path, result: Path) -> None:
     kind, n = argv[0], int(argv[1])
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "throughput":
-        data = scenario_actions(workdir, n, capacity=None, loop={"interval": 0.2, "max_in_flight": 2000, "placement_deadline": 600},
+        data = scenario_actions(workdir, n, capacity=None, loop={"interval": LOOP_INTERVAL, "max_in_flight": 2000, "placement_deadline": 600},
                                 timeout=max(120.0, n * 0.6))
     elif kind == "ceiling":
         data = scenario_ceiling(workdir, n)
     elif kind == "together":
-        data = scenario_actions(workdir, n, capacity=None, loop={"interval": 0.2, "max_in_flight": 2000, "placement_deadline": 600},
+        data = scenario_actions(workdir, n, capacity=None, loop={"interval": LOOP_INTERVAL, "max_in_flight": 2000, "placement_deadline": 600},
                                 timeout=120.0, together=TOGETHER_SECONDS)
     elif kind == "backlog":
-        data = scenario_actions(workdir, n, capacity=20, loop={"interval": 0.2, "max_in_flight": 50, "placement_deadline": 30},
+        data = scenario_actions(workdir, n, capacity=20, loop={"interval": LOOP_INTERVAL, "max_in_flight": 50, "placement_deadline": 30},
                                 timeout=max(120.0, n * 0.8))
     elif kind == "history":
         data = scenario_history(workdir, n)
