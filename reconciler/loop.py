@@ -245,7 +245,7 @@ class Reconciler:
     REPORT_EVERY = 0.3
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
-    #: The same for a started run while the allocation watcher names the jobs that changed: the look is then
+    #: WATCH_SAFETY for a started run while the allocation watcher names the jobs that changed: the look is then
     #: only a safety net (timeouts are minutes, a missed change), and a thousand running children must not
     #: cost a thousand looks every few seconds. A run not yet started keeps WATCH_SAFETY (placement deadline).
     WATCH_SAFETY_WATCHED = 20.0
@@ -285,7 +285,7 @@ class Reconciler:
         if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
             try:
                 index, listed_jobs = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
-                changes = {job: {"?"} for job in listed_jobs}
+                changes = {job: {"listed"} for job in listed_jobs}  # status unknown: always worth a look
                 self._alloc_index = index
                 self._last_alloc_list = mono
             except (TransientError, PermanentError):

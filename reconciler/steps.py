@@ -13,6 +13,7 @@ reason.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -234,10 +235,12 @@ def revoke_claim(ctx: Context, run: RunRecord) -> None:
     """Revoke the attempt's claim token and its wrapping token (idempotent)."""
     ctx.claims.pop(run.id, None)
 
-    def revoke(accessor: str) -> Any:
-        return lambda: (ctx.vault.revoke_accessor(accessor), ctx.revoked.add(accessor))
+    def revoke(accessor: str) -> None:
+        ctx.vault.revoke_accessor(accessor)
+        ctx.revoked.add(accessor)
 
-    ctx.together(*[revoke(a) for a in (run.token_accessor, run.wrapping_accessor) if a and a not in ctx.revoked])
+    live = [a for a in (run.token_accessor, run.wrapping_accessor) if a and a not in ctx.revoked]
+    ctx.together(*[functools.partial(revoke, a) for a in live])
 
 
 def _recover_into_bound(ctx: Context, run: RunRecord, prior: claims.ClaimRecord, facts: dict[str, Any]) -> RunRecord:
@@ -555,14 +558,11 @@ def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
     """The allocation's log tail, redacted (declared values and secret shapes) before it is cut."""
     task = RUNNER_TASK if run.kind == "vault-action" else "sidecar"
 
-    def tail(kind: str) -> Any:
-        def read() -> str:
-            try:
-                return ctx.nomad.log_tail(alloc_id, task, type=kind, max_bytes=16384) or ""
-            except TransientError:
-                return ""
-
-        return read
+    def tail(kind: str) -> str:
+        try:
+            return ctx.nomad.log_tail(alloc_id, task, type=kind, max_bytes=16384) or ""
+        except TransientError:
+            return ""
 
     def declared_values() -> dict[str, str]:
         if not run.secrets:
@@ -572,7 +572,7 @@ def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
         except (TransientError, PermanentError):
             return {}
 
-    stdout, stderr, values = ctx.together(tail("stdout"), tail("stderr"), declared_values)
+    stdout, stderr, values = ctx.together(functools.partial(tail, "stdout"), functools.partial(tail, "stderr"), declared_values)
     parts = [text for text in (stdout, "[stderr]\n" + stderr if stderr else "") if text]
     return redacted_tail("\n".join(parts), values, LOG_LIMIT)
 
