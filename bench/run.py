@@ -821,6 +821,7 @@ def rows(results: dict[str, dict[str, Any]], quick: bool) -> list[tuple[str, str
                     ">= 200 /s", verdict(r["dispatch_rate"] is not None and r["dispatch_rate"] >= 200)))
         out.append((f"pushes per 100 results ({r['n']} run, results spread over the run)", _fmt(r["pushes_per_100"], "", 1)
                     + f" ({r['result_commits']} result commits)", "-", "-"))
+        out.append((f"peak RSS, {r['n']}-action run", _fmt(r["peak_rss_mb"], " MB", 0), "-", "-"))
     t = get("together-100")
     if t and "error" not in t:
         out.append(("pushes for 100 results finishing together (jobs ending at one instant)", f"{t['result_commits']} result commits "
@@ -836,7 +837,6 @@ def rows(results: dict[str, dict[str, Any]], quick: bool) -> list[tuple[str, str
                     f"{_fmt(t['end_to_push_p50'], ' s')} / {_fmt(t['end_to_push_p95'], ' s')}", "-", "-"))
     elif t:
         out.append(("together-100", "ERROR: " + t["error"], "", "MISS"))
-        out.append((f"peak RSS, {r['n']}-action run", _fmt(r["peak_rss_mb"], " MB", 0), "-", "-"))
     for name, r in results.items():
         if not name.startswith("backlog") or not r:
             continue

@@ -13,8 +13,8 @@ reported without a result file: their journal is the record.
 
 from __future__ import annotations
 
+import functools
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from reconciler.clients.errors import PermanentError, TransientError
@@ -99,19 +99,10 @@ def report_ready(
     return reported
 
 
-#: Durable claims marked done at once after a push (Nomad variable writes, independent of each other).
-MARK_PARALLEL = 8
-
-
 def mark_all_done(ctx: Context, runs: list[RunRecord]) -> None:
-    """Mark the durable claims of reported runs done, several at a time (best effort, as ``_mark_done``)."""
-    runs = [r for r in runs if r.attempt > 0]
-    if len(runs) <= 1:
-        for run in runs:
-            _mark_done(ctx, run)
-        return
-    with ThreadPoolExecutor(max_workers=min(MARK_PARALLEL, len(runs)), thread_name_prefix="mark-done") as pool:
-        list(pool.map(lambda run: _mark_done(ctx, run), runs))
+    """Mark the durable claims of reported runs done, all at once (independent Nomad writes; best
+    effort, as ``_mark_done``)."""
+    ctx.together(*[functools.partial(_mark_done, ctx, run) for run in runs if run.attempt > 0])
 
 
 def _mark_done(ctx: Context, run: RunRecord) -> None:

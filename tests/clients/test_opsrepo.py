@@ -591,60 +591,57 @@ def test_many_processes_pushing_different_results_all_land(tmp_path: Path, url: 
         assert len(changed) == 2 and all(p.startswith("vault/actions/w") for p in changed)
 
 
-def test_last_changes_in_one_walk_match_last_change_per_file(tmp_path):
+@pytest.fixture
+def forge_ops(tmp_path):
+    """A forge double serving ``o/ops`` (users admin and alice), and a factory for an OpsRepo clone of it."""
+    from reconciler.clients.opsrepo import OpsRepo
+    from reconciler.doubles.forge import ForgeDouble
+    from reconciler.settings import OpsRepoSettings
+
+    forge = ForgeDouble().start()
+    try:
+        forge.add_user("admin", is_admin=True)
+        forge.add_user("alice")
+        forge.add_repo("o/ops", tmp_path / "ops.git")
+        yield forge, lambda: OpsRepo(OpsRepoSettings(root=tmp_path / "clone"), (tmp_path / "ops.git").as_uri())
+    finally:
+        forge.stop()
+
+
+def test_last_changes_in_one_walk_match_last_change_per_file(forge_ops):
     """The batched walk attributes each file to the same commit as ``last_change`` - in particular a
     merge of a branch that started before a direct commit does not claim that direct commit's file."""
-    from reconciler.clients.opsrepo import OpsRepo
-    from reconciler.doubles.forge import ForgeDouble
-    from reconciler.settings import OpsRepoSettings
-
-    forge = ForgeDouble().start()
-    try:
-        forge.add_user("admin", is_admin=True)
-        forge.add_user("alice")
-        forge.add_repo("o/ops", tmp_path / "ops.git")
-        first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
-        forge.merge("o/ops", first, merger="admin")
-        late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z"})
-        direct = forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
-        merge_z = forge.merge("o/ops", late, merger="admin")  # branch of z predates the direct commit
-        ops = OpsRepo(OpsRepoSettings(root=tmp_path / "clone"), (tmp_path / "ops.git").as_uri())
-        head = ops.fetch()
-        batch = ops.last_changes(head, "vault/actions")
-        for name in ("x", "y", "z"):
-            path = f"vault/actions/{name}.toml"
-            assert batch[path].sha == ops.last_change(head, path).sha, path
-        assert batch["vault/actions/y.toml"].sha == direct
-        assert batch["vault/actions/z.toml"].sha == merge_z
-    finally:
-        forge.stop()
+    forge, clone = forge_ops
+    first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
+    forge.merge("o/ops", first, merger="admin")
+    late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z"})
+    direct = forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
+    merge_z = forge.merge("o/ops", late, merger="admin")  # branch of z predates the direct commit
+    ops = clone()
+    head = ops.fetch()
+    batch = ops.last_changes(head, "vault/actions")
+    for name in ("x", "y", "z"):
+        path = f"vault/actions/{name}.toml"
+        assert batch[path].sha == ops.last_change(head, path).sha, path
+    assert batch["vault/actions/y.toml"].sha == direct
+    assert batch["vault/actions/z.toml"].sha == merge_z
 
 
-def test_path_histories_in_one_walk_match_history_per_file(tmp_path):
+def test_path_histories_in_one_walk_match_history_per_file(forge_ops):
     """The batched walk lists, per file, exactly the commits ``history`` lists for it, newest first:
     several changes of one file, a direct commit, a merge of a branch older than that commit."""
-    from reconciler.clients.opsrepo import OpsRepo
-    from reconciler.doubles.forge import ForgeDouble
-    from reconciler.settings import OpsRepoSettings
-
-    forge = ForgeDouble().start()
-    try:
-        forge.add_user("admin", is_admin=True)
-        forge.add_user("alice")
-        forge.add_repo("o/ops", tmp_path / "ops.git")
-        first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
-        forge.merge("o/ops", first, merger="admin")
-        late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z", "vault/actions/x.toml": b"2"})
-        forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
-        forge.merge("o/ops", late, merger="admin")
-        forge.commit_direct("o/ops", author="alice", files={"vault/actions/x.toml": b"3", "README": b"r"}, message="again")
-        ops = OpsRepo(OpsRepoSettings(root=tmp_path / "clone"), (tmp_path / "ops.git").as_uri())
-        head = ops.fetch()
-        batch = ops.path_histories(head, "vault/actions")
-        assert set(batch) == {"vault/actions/x.toml", "vault/actions/y.toml", "vault/actions/z.toml"}
-        for path, shas in batch.items():
-            assert shas == [c.sha for c in ops.history(head, path)], path
-        assert len(batch["vault/actions/x.toml"]) == 3
-        assert [c.sha for c in ops.commits(batch["vault/actions/x.toml"])] == batch["vault/actions/x.toml"]
-    finally:
-        forge.stop()
+    forge, clone = forge_ops
+    first = forge.open_pull("o/ops", author="alice", title="x", files={"vault/actions/x.toml": b"1"})
+    forge.merge("o/ops", first, merger="admin")
+    late = forge.open_pull("o/ops", author="alice", title="z", files={"vault/actions/z.toml": b"z", "vault/actions/x.toml": b"2"})
+    forge.commit_direct("o/ops", author="alice", files={"vault/actions/y.toml": b"y"}, message="direct")
+    forge.merge("o/ops", late, merger="admin")
+    forge.commit_direct("o/ops", author="alice", files={"vault/actions/x.toml": b"3", "README": b"r"}, message="again")
+    ops = clone()
+    head = ops.fetch()
+    batch = ops.path_histories(head, "vault/actions")
+    assert set(batch) == {"vault/actions/x.toml", "vault/actions/y.toml", "vault/actions/z.toml"}
+    for path, shas in batch.items():
+        assert shas == [c.sha for c in ops.history(head, path)], path
+    assert len(batch["vault/actions/x.toml"]) == 3
+    assert [c.sha for c in ops.commits(batch["vault/actions/x.toml"])] == batch["vault/actions/x.toml"]
