@@ -6,6 +6,7 @@ check what the scripting API promises: real git commits, merges and pushes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -14,7 +15,17 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from reconciler.doubles.forge import ForgeDouble, ForgeDoubleError, MergeConflict, parse_rfc3339, rfc3339
+import reconciler.doubles.forge as forge_module
+from reconciler.doubles.forge import (
+    ForgeDouble,
+    ForgeDoubleError,
+    MergeConflict,
+    NameRefused,
+    NotFastForward,
+    WrongCommitID,
+    parse_rfc3339,
+    rfc3339,
+)
 
 OPS = "disinto/ops"
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -428,9 +439,13 @@ def test_double_push_to_a_pull_branch_moves_its_head_and_makes_reviews_stale(
     pushed = git("rev-parse", "HEAD", cwd=clone)
 
     pull = api(forge, f"/repos/{OPS}/pulls/{number}", tokens["bob"]).json()
-    assert pull["head"]["sha"] == pushed
+    assert pull["head"]["sha"] == pushed, "the pull's head is read from the branch at once"
+    reviews = api(forge, f"/repos/{OPS}/pulls/{number}/reviews", tokens["bob"]).json()
+    assert [(r["id"], r["stale"]) for r in reviews] == [(review, False)], "stale marking is queued"
+    forge.settle()
     reviews = api(forge, f"/repos/{OPS}/pulls/{number}/reviews", tokens["bob"]).json()
     assert [(r["id"], r["stale"]) for r in reviews] == [(review, True)]
+    assert git("ls-remote", str(bare), f"refs/pull/{number}/head").startswith(pushed)
     merge_sha = forge.merge(OPS, number, merger="admin")
     assert git("--git-dir", str(bare), "show", f"{merge_sha}:x.txt") == "changed after approval"
 
@@ -461,8 +476,11 @@ def test_double_private_repo_is_hidden_from_anonymous_callers(
 ) -> None:
     forge.add_repo("disinto/secret", tmp_path / "secret.git", private=True)
     assert api(forge, "/repos/disinto/secret").status_code == 404
+    assert api(forge, "/repos/disinto/secret", tokens["bob"]).status_code == 404, "bob is no collaborator"
+    forge.add_collaborator("disinto/secret", "bob", "read")
     assert api(forge, "/repos/disinto/secret", tokens["bob"]).json()["private"] is True
     assert api(forge, "/repos/disinto/secret", tokens["bob"]).json()["empty"] is True
+    assert api(forge, "/repos/disinto/secret", tokens["admin"]).status_code == 200, "site admins see everything"
 
 
 def test_double_git_writes_are_safe_from_many_threads(bare: Path, forge: ForgeDouble) -> None:
@@ -487,3 +505,382 @@ def test_double_git_writes_are_safe_from_many_threads(bare: Path, forge: ForgeDo
         forge.merge(OPS, number, merger="admin")
     tree = git("--git-dir", str(bare), "ls-tree", "--name-only", forge.head(OPS) or "").split()
     assert {f"f{i}.txt" for i in range(12)} | {f"direct{i}.txt" for i in range(12)} <= set(tree), "no write was lost"
+
+
+# -- (rev. 2) stale marking is asynchronous --------------------------------------------------------
+
+
+def post(forge: ForgeDouble, path: str, token: str | None, body: Any) -> requests.Response:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return requests.post(f"{forge.address}/api/v1{path}", headers=headers, json=body, timeout=10)
+
+
+def stale_of(forge: ForgeDouble, number: int, token: str) -> list[bool]:
+    return [r["stale"] for r in api(forge, f"/repos/{OPS}/pulls/{number}/reviews", token).json()]
+
+
+def test_contract_stale_is_marked_asynchronously_and_only_when_the_diff_changed(
+    forge: ForgeDouble, tokens: dict[str, str]
+) -> None:
+    """Follows ``services/pull/pull.go`` (``AddTestPullRequestTask`` queues; ``TestPullRequest`` ->
+    ``ValidatePullRequest``: ``MarkReviewsAsStale`` when ``checkIfPRContentChanged`` /
+    ``modules/git/diff_compare.go`` ``CheckIfDiffDiffers`` finds a file, then
+    ``MarkReviewsAsNotStale`` for the new head) and ``models/issues/review.go``."""
+    number = forge.open_pull(OPS, author="bob", title="x", files={"x.txt": b"x"})
+    forge.review(OPS, number, user="admin")
+    branch = f"pr-{number}"
+
+    # same tree, new commit (a reworded / re-made commit): the diff did not change
+    forge.commit_direct(OPS, author="bob", files={}, message="empty", branch=branch)
+    assert forge.pending_pushes(OPS) == 1
+    forge.settle(OPS)
+    assert stale_of(forge, number, tokens["bob"]) == [False], "an unchanged diff leaves reviews fresh"
+
+    # new content: stale, but only after the queue ran
+    forge.commit_direct(OPS, author="bob", files={"x.txt": b"changed"}, message="change", branch=branch)
+    assert stale_of(forge, number, tokens["bob"]) == [False], "nothing is marked at push time"
+    forge.settle()
+    assert stale_of(forge, number, tokens["bob"]) == [True]
+    assert forge.pending_pushes(OPS) == 0
+
+
+def test_contract_stale_never_marked_for_a_pull_merged_before_the_queue_ran(
+    bare: Path, forge: ForgeDouble, tokens: dict[str, str]
+) -> None:
+    """Follows ``services/pull/pull.go`` ``TestPullRequest`` (only
+    ``models/issues/pull_list.go`` ``GetUnmergedPullRequestsByHeadInfoMax``: unmerged, not closed)
+    and ``services/pull/temp_repo.go`` (a merge fetches the head *branch*)."""
+    number = forge.open_pull(OPS, author="bob", title="x", files={"x.txt": b"x"})
+    approved_at = forge.head(OPS, f"pr-{number}")
+    forge.review(OPS, number, user="admin")
+    sneaky = forge.commit_direct(OPS, author="bob", files={"x.txt": b"evil"}, message="sneak", branch=f"pr-{number}")
+    merge_sha = forge.merge(OPS, number, merger="admin")
+    forge.settle()
+    reviews = api(forge, f"/repos/{OPS}/pulls/{number}/reviews", tokens["bob"]).json()
+    assert [(r["stale"], r["commit_id"]) for r in reviews] == [(False, approved_at)], "fresh forever"
+    assert git("--git-dir", str(bare), "show", f"{merge_sha}:x.txt") == "evil", "the push was merged"
+    assert git("--git-dir", str(bare), "rev-parse", f"refs/pull/{number}/head") == approved_at, (
+        "PushToBaseRepo never ran for the merged pull"
+    )
+    assert api(forge, f"/repos/{OPS}/pulls/{number}", tokens["bob"]).json()["head"]["sha"] == sneaky
+
+
+# -- (rev. 2) merge styles -------------------------------------------------------------------------
+
+
+def parents(bare: Path, sha: str) -> list[str]:
+    return git("--git-dir", str(bare), "log", "-1", "--format=%P", sha).split()
+
+
+def test_contract_merge_style_merge_and_squash(bare: Path, forge: ForgeDouble) -> None:
+    """Follows ``services/pull/merge.go`` (``getMergeMessage``), ``merge_merge.go`` (``--no-ff``)
+    and ``merge_squash.go`` (one commit, author = the poster, ``<title> (#N)``)."""
+    forge.add_user("bob")
+    one = forge.open_pull(OPS, author="bob", title="one", files={"one.txt": b"1"})
+    base = forge.head(OPS)
+    sha = forge.merge(OPS, one, merger="admin")
+    assert parents(bare, sha) == [base, forge.head(OPS, f"pr-{one}")]
+
+    two = forge.open_pull(OPS, author="bob", title="two", files={"two.txt": b"2"})
+    forge.commit_direct(OPS, author="bob", files={"two.txt": b"22"}, message="more", branch=f"pr-{two}")
+    base = forge.head(OPS)
+    squashed = forge.merge(OPS, two, merger="admin", style="squash")
+    assert parents(bare, squashed) == [base] and forge.head(OPS) == squashed
+    fmt = "%an|%cn|%s"
+    assert git("--git-dir", str(bare), "log", "-1", f"--format={fmt}", squashed) == f"bob|admin|two (#{two})"
+    assert git("--git-dir", str(bare), "show", f"{squashed}:two.txt") == "22"
+
+
+def test_contract_merge_style_rebase_and_rebase_merge(bare: Path, forge: ForgeDouble) -> None:
+    """Follows ``services/pull/merge_rebase.go`` and ``merge_prepare.go`` ``rebaseTrackingOnToBase``
+    (no replay when zero commits behind; committer = the doer; no message amend without a template)."""
+    forge.add_user("bob")
+    # the base has not moved: the head itself is fast-forwarded to
+    first = forge.open_pull(OPS, author="bob", title="first", files={"a.txt": b"a"})
+    head = forge.head(OPS, f"pr-{first}")
+    assert forge.merge(OPS, first, merger="admin", style="rebase") == head == forge.head(OPS)
+
+    # the base moved: new commits, single parents, own messages, committer = merger
+    pr = forge.open_pull(OPS, author="bob", title="b", files={"b.txt": b"b"})
+    forge.commit_direct(OPS, author="bob", files={"c.txt": b"c"}, message="second commit", branch=f"pr-{pr}")
+    forge.commit_direct(OPS, author="admin", files={"base.txt": b"moved"}, message="base moved")
+    base = forge.head(OPS)
+    old_head = forge.head(OPS, f"pr-{pr}")
+    last = forge.merge(OPS, pr, merger="alice", style="rebase")
+    assert last != old_head and forge.head(OPS) == last
+    log = git("--git-dir", str(bare), "log", "--format=%P|%an|%cn|%s", f"{base}..{last}").splitlines()
+    assert [line.split("|")[1:] for line in log] == [["bob", "alice", "second commit"], ["bob", "alice", "b"]]
+    assert all(len(line.split("|")[0].split()) == 1 for line in log)
+    assert "(#" not in git("--git-dir", str(bare), "log", "-1", "--format=%B", last)
+
+    rm = forge.open_pull(OPS, author="bob", title="rm", files={"d.txt": b"d"})
+    forge.commit_direct(OPS, author="admin", files={"base2.txt": b"moved"}, message="base moved again")
+    base = forge.head(OPS)
+    merge_sha = forge.merge(OPS, rm, merger="admin", style="rebase-merge")
+    first_parent, rebased = parents(bare, merge_sha)
+    assert first_parent == base and rebased != forge.head(OPS, f"pr-{rm}") and parents(bare, rebased) == [base]
+    subject = git("--git-dir", str(bare), "log", "-1", "--format=%s", merge_sha)
+    assert subject == f"Merge pull request 'rm' (#{rm}) from pr-{rm} into main"
+
+
+def test_contract_merge_style_fast_forward_only_and_manually_merged(
+    bare: Path, forge: ForgeDouble, tokens: dict[str, str]
+) -> None:
+    """Follows ``services/pull/merge_ff_only.go`` (``merge --ff-only``) and ``merge_manual.go``
+    (``MergedManually``: full id, on the base branch, else "Wrong commit ID"; merged_at = author time)."""
+    pr = forge.open_pull(OPS, author="bob", title="ff", files={"f.txt": b"f"})
+    head = forge.head(OPS, f"pr-{pr}")
+    assert forge.merge(OPS, pr, merger="admin", style="fast-forward-only") == head == forge.head(OPS)
+
+    diverged = forge.open_pull(OPS, author="bob", title="div", files={"g.txt": b"g"})
+    forge.commit_direct(OPS, author="admin", files={"h.txt": b"h"}, message="moved")
+    with pytest.raises(NotFastForward):
+        forge.merge(OPS, diverged, merger="admin", style="fast-forward-only")
+
+    manual = forge.open_pull(OPS, author="bob", title="manual", files={"m.txt": b"m"})
+    outside = forge.head(OPS, f"pr-{manual}")
+    with pytest.raises(WrongCommitID):
+        forge.merge(OPS, manual, merger="alice", style="manually-merged", commit=outside)
+    on_base = forge.head(OPS)
+    before = forge.head(OPS)
+    assert forge.merge(OPS, manual, merger="alice", style="manually-merged", commit=on_base) == on_base
+    assert forge.head(OPS) == before, "nothing is written"
+    got = api(forge, f"/repos/{OPS}/pulls/{manual}", tokens["bob"]).json()
+    assert got["merged"] and got["merge_commit_sha"] == on_base and got["merged_by"]["login"] == "alice"
+    authored = int(git("--git-dir", str(bare), "log", "-1", "--format=%at", on_base))
+    assert got["merged_at"] == rfc3339(authored)
+
+
+def test_contract_merge_endpoint_status_codes(bare: Path, forge: ForgeDouble, tokens: dict[str, str]) -> None:
+    """Follows ``routers/api/v1/repo/pull.go`` ``MergePullRequest``, ``services/pull/check.go``
+    ``CheckPullMergeable`` / ``merge.go`` ``IsUserAllowedToMerge`` (write on code),
+    ``routers/api/v1/api.go`` ``bind`` (422) and ``services/forms/repo_form.go``."""
+    forge.add_collaborator(OPS, "alice", "write")
+    pr = forge.open_pull(OPS, author="bob", title="api", files={"api.txt": b"a"})
+    path = f"/repos/{OPS}/pulls/{pr}/merge"
+    assert post(forge, path, None, {"Do": "merge"}).status_code == 401
+    assert post(forge, path, tokens["alice"], {}).json()["message"] == "[Do]: Required"
+    assert post(forge, path, tokens["alice"], {}).status_code == 422
+    refused = post(forge, path, tokens["bob"], {"Do": "merge"})
+    assert (refused.status_code, refused.json()["message"]) == (405, "User not allowed to merge PR")
+    stale_head = post(forge, path, tokens["alice"], {"Do": "merge", "head_commit_id": "0" * 40})
+    assert (stale_head.status_code, stale_head.json()["message"]) == (409, "head out of date")
+
+    done = post(forge, path, tokens["alice"], {"Do": "squash", "MergeMessageField": "extra words"})
+    assert done.status_code == 200 and done.content == b""
+    got = api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()
+    assert got["merged_by"]["login"] == "alice"
+    message = git("--git-dir", str(bare), "log", "-1", "--format=%B", got["merge_commit_sha"])
+    assert message.strip() == f"api (#{pr})\n\nextra words", "the API uses the title only, then MergeMessageField"
+    again = post(forge, path, tokens["alice"], {"Do": "merge"})
+    assert (again.status_code, again.json()["message"]) == (405, "")
+
+    closed = forge.open_pull(OPS, author="bob", title="closed", files={"c.txt": b"c"})
+    forge.close_pull(OPS, closed)
+    assert post(forge, f"/repos/{OPS}/pulls/{closed}/merge", tokens["alice"], {"Do": "merge"}).status_code == 404
+    assert post(forge, f"/repos/{OPS}/pulls/999/merge", tokens["alice"], {"Do": "merge"}).status_code == 404
+
+    manual = forge.open_pull(OPS, author="bob", title="manual", files={"mm.txt": b"m"})
+    wrong = post(forge, f"/repos/{OPS}/pulls/{manual}/merge", tokens["alice"], {"Do": "manually-merged",
+                                                                                "MergeCommitID": "abc"})
+    assert (wrong.status_code, wrong.json()) == (409, {})
+    ok = post(forge, f"/repos/{OPS}/pulls/{manual}/merge", tokens["alice"],
+              {"Do": "manually-merged", "MergeCommitID": forge.head(OPS)})
+    assert ok.status_code == 200
+
+
+# -- (rev. 2) scheduled auto-merge and the timeline ------------------------------------------------
+
+
+def test_contract_scheduled_merge_takes_the_head_of_merge_time_and_is_on_the_timeline(
+    bare: Path, forge: ForgeDouble, tokens: dict[str, str]
+) -> None:
+    """Follows ``services/automerge/automerge.go`` (``ScheduleAutoMerge`` + ``CreateAutoMergeComment``;
+    ``handlePullRequestAutoMerge`` merges as the scheduling doer with an empty expected head),
+    ``models/issues/comment.go`` (``commentStrings``) and ``routers/api/v1/repo/issue_comment.go``
+    ``ListIssueCommentsAndTimeline``."""
+    forge.add_collaborator(OPS, "alice", "write")
+    pr = forge.open_pull(OPS, author="bob", title="auto", files={"auto.txt": b"1"})
+    forge.review(OPS, pr, user="admin")
+    scheduled = post(forge, f"/repos/{OPS}/pulls/{pr}/merge", tokens["alice"],
+                     {"Do": "merge", "merge_when_checks_succeed": True})
+    assert scheduled.status_code == 201
+    twice = post(forge, f"/repos/{OPS}/pulls/{pr}/merge", tokens["alice"],
+                 {"Do": "merge", "merge_when_checks_succeed": True})
+    assert twice.status_code == 409 and "already scheduled" in twice.json()["message"]
+
+    late = forge.commit_direct(OPS, author="bob", files={"auto.txt": b"2"}, message="late", branch=f"pr-{pr}")
+    assert forge.run_scheduled_merges(OPS) == [pr]
+    got = api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()
+    assert got["merged_by"]["login"] == "alice" and parents(bare, got["merge_commit_sha"])[1] == late
+
+    timeline = api(forge, f"/repos/{OPS}/issues/{pr}/timeline", tokens["bob"])
+    events = timeline.json()
+    assert timeline.headers["X-Total-Count"] == str(len(events)) and "Link" not in timeline.headers
+    assert [(e["type"], e["user"]["login"]) for e in events] == [
+        ("review", "admin"), ("pull_scheduled_merge", "alice"), ("merge_pull", "alice")
+    ]
+    assert {"id", "type", "user", "created_at", "body", "review_id"} <= events[0].keys()
+    assert events[0]["review_id"] > 0
+    page = api(forge, f"/repos/{OPS}/issues/{pr}/timeline", tokens["bob"], limit=1, page=2).json()
+    assert [e["type"] for e in page] == ["pull_scheduled_merge"]
+    assert api(forge, f"/repos/{OPS}/issues/{pr}/timeline", tokens["bob"], page=9).json() is None, "nil slice"
+
+
+def test_contract_timeline_has_pull_push_events_after_settle(forge: ForgeDouble, tokens: dict[str, str]) -> None:
+    """Follows ``services/pull/pull.go`` ``TestPullRequest`` -> ``services/pull/comment.go``
+    ``CreatePushPullComment`` (``PushActionContent``: ``is_force_push``, ``commit_ids``)."""
+    pr = forge.open_pull(OPS, author="bob", title="push", files={"p.txt": b"1"})
+    old = forge.head(OPS, f"pr-{pr}")
+    new = forge.commit_direct(OPS, author="bob", files={"p.txt": b"2"}, message="two", branch=f"pr-{pr}")
+    assert api(forge, f"/repos/{OPS}/issues/{pr}/timeline", tokens["bob"]).json() is None
+    forge.settle()
+    (event,) = api(forge, f"/repos/{OPS}/issues/{pr}/timeline", tokens["bob"]).json()
+    assert event["type"] == "pull_push" and event["user"]["login"] == "bob"
+    assert json.loads(event["body"]) == {"is_force_push": False, "commit_ids": [new]}
+    assert old != new
+
+
+# -- (rev. 2) merge_base, head, refs/pull ----------------------------------------------------------
+
+
+def test_contract_merge_base_and_head_after_merge_and_branch_deletion(
+    bare: Path, forge: ForgeDouble, tokens: dict[str, str]
+) -> None:
+    """Follows ``services/pull/patch.go`` ``testPatch`` (``pr.MergeBase`` = ``merge-base base head``,
+    run by the checker queue), ``models/issues/pull.go`` ``SetMerged`` (saves the loaded
+    ``merge_base``: frozen at merge, every style) and ``services/convert/pull.go``
+    ``ToAPIPullRequest`` (head read from the branch; ``refs/pull/N/head`` once it is gone)."""
+    pr = forge.open_pull(OPS, author="bob", title="mb", files={"mb.txt": b"1"})
+    opened_base = forge.head(OPS)
+    assert api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()["merge_base"] == opened_base
+
+    forge.commit_direct(OPS, author="admin", files={"other.txt": b"o"}, message="base moves")
+    forge.commit_direct(OPS, author="bob", files={}, message="merge-ish", branch=f"pr-{pr}")
+    assert api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()["merge_base"] == opened_base
+    forge.settle()
+    assert api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()["merge_base"] == opened_base
+
+    for style in ("rebase", "squash"):
+        other = forge.open_pull(OPS, author="bob", title=style, files={f"{style}.txt": b"s"})
+        forge.commit_direct(OPS, author="admin", files={f"moved-{style}.txt": b"m"}, message="moved")
+        before = api(forge, f"/repos/{OPS}/pulls/{other}", tokens["bob"]).json()["merge_base"]
+        forge.merge(OPS, other, merger="admin", style=style)
+        forge.settle()
+        after = api(forge, f"/repos/{OPS}/pulls/{other}", tokens["bob"]).json()
+        assert after["merge_base"] == before, f"{style}: merge_base is not recomputed after the merge"
+
+    head = forge.head(OPS, f"pr-{pr}")
+    forge.merge(OPS, pr, merger="admin")
+    forge.delete_branch(OPS, f"pr-{pr}")
+    got = api(forge, f"/repos/{OPS}/pulls/{pr}", tokens["bob"]).json()
+    assert got["head"]["ref"] == f"refs/pull/{pr}/head" and got["head"]["label"] == f"pr-{pr}"
+    assert got["head"]["sha"] == head, "the settled push moved refs/pull/N/head"
+    assert git("ls-remote", str(bare), f"refs/pull/{pr}/head").startswith(head), "still fetchable"
+
+
+# -- (rev. 2) collaborators and permissions --------------------------------------------------------
+
+
+def test_contract_collaborator_permission_endpoint(
+    forge: ForgeDouble, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """Follows ``routers/api/v1/repo/collaborators.go`` ``GetRepoPermissions``,
+    ``models/perm/access/repo_permission.go`` ``GetUserRepoPermission`` (site admin and owner:
+    ``AccessModeOwner``), ``models/perm/access_mode.go`` ``String`` and ``services/convert/user.go``."""
+    forge.add_collaborator(OPS, "alice", "admin")
+    forge.add_user("carol")
+    forge.add_collaborator(OPS, "carol", "write")
+
+    def perm(user: str, token: str | None) -> requests.Response:
+        return api(forge, f"/repos/{OPS}/collaborators/{user}/permission", token)
+
+    got = perm("carol", tokens["admin"]).json()
+    assert (got["permission"], got["role_name"], got["user"]["login"]) == ("write", "write", "carol")
+    assert perm("bob", tokens["admin"]).json()["permission"] == "read", "public repo, no collaborator"
+    assert perm("admin", tokens["admin"]).json()["permission"] == "owner", "site admin"
+    assert perm("disinto", tokens["admin"]).json()["permission"] == "owner", "the repository owner"
+    assert perm("carol", tokens["alice"]).json()["permission"] == "write", "a repo admin may ask"
+    assert perm("bob", tokens["bob"]).json()["permission"] == "read", "anyone may ask about themself"
+    denied = perm("carol", tokens["bob"])
+    assert (denied.status_code, denied.json()["message"]) == (403, forge_module.PERMISSION_DENIED_OTHERS)
+    missing = perm("nobody", tokens["admin"])
+    assert (missing.status_code, missing.json()["message"]) == (404, "user does not exist [uid: 0, name: nobody]")
+    assert perm("carol", None).status_code == 401
+
+    forge.add_repo("disinto/secret", tmp_path / "secret.git", private=True)
+    assert forge.permission("disinto/secret", "bob") == "none"
+    assert api(forge, "/repos/disinto/secret/collaborators/bob/permission", tokens["bob"]).status_code == 404
+
+
+# -- (rev. 2) renames ------------------------------------------------------------------------------
+
+
+def test_contract_rename_frees_the_old_name_and_admin_is_reserved(forge: ForgeDouble, tokens: dict[str, str]) -> None:
+    """Follows ``services/user/user.go`` ``RenameUser``, ``models/user/user.go`` ``reservedUsernames`` /
+    ``IsUsableUsername``, ``models/db/name.go`` and ``services/context/user.go`` (redirect)."""
+    number = forge.open_pull(OPS, author="bob", title="x", files={"x.txt": b"x"})
+    forge.review(OPS, number, user="alice")
+    alice_id = api(forge, "/users/alice", tokens["bob"]).json()["id"]
+    forge.rename_user("alice", "vault-bot")
+    assert api(forge, "/user", tokens["alice"]).json()["login"] == "vault-bot", "tokens follow the user"
+    assert [r["user"]["login"] for r in api(forge, f"/repos/{OPS}/pulls/{number}/reviews", tokens["bob"]).json()] == [
+        "vault-bot"
+    ]
+    moved = requests.get(f"{forge.address}/api/v1/users/alice", timeout=5, allow_redirects=False)
+    assert moved.status_code == 307 and moved.headers["Location"].endswith("/api/v1/users/vault-bot")
+
+    forge.register_user("alice")
+    new_alice = api(forge, "/users/alice", tokens["bob"]).json()
+    assert new_alice["login"] == "alice" and new_alice["id"] != alice_id
+    forge.rename_user("bob", "robert")
+    assert api(forge, f"/repos/{OPS}/pulls/{number}", tokens["admin"]).json()["user"]["login"] == "robert"
+
+    for reserved in ("admin", "Admin", "api", "ghost", "x.keys"):
+        with pytest.raises(NameRefused):
+            forge.register_user(reserved)
+        with pytest.raises(NameRefused):
+            forge.rename_user("robert", reserved)
+    with pytest.raises(NameRefused, match="already exists"):
+        forge.rename_user("robert", "alice")
+
+
+# -- (rev. 2) token scopes ---------------------------------------------------------------------------
+
+
+def test_contract_token_scopes_per_route(forge: ForgeDouble, tokens: dict[str, str], tmp_path: Path) -> None:
+    """Follows ``routers/api/v1/api.go`` (``tokenRequiresScopes`` per group, level by method),
+    ``routers/api/v1/permissions/token_requires_scopes.go`` (the message),
+    ``check_token_public_only.go`` and ``models/auth/access_token_scope.go`` (write implies read)."""
+    number = forge.open_pull(OPS, author="bob", title="x", files={"x.txt": b"x"})
+    repo_only = forge.new_token("bob", ["read:repository"])
+    issue_rw = forge.new_token("bob", ["write:issue"])
+
+    def refused(resp: requests.Response, scope: str) -> bool:
+        return resp.status_code == 403 and resp.json()["message"] == (
+            f"token does not have at least one of required scope(s): [{scope}]"
+        )
+
+    assert api(forge, f"/repos/{OPS}/pulls/{number}", repo_only).status_code == 200
+    assert api(forge, f"/repos/{OPS}/pulls/{number}/reviews", repo_only).status_code == 200
+    assert refused(api(forge, "/user", repo_only), "read:user")
+    assert refused(api(forge, "/users/alice", repo_only), "read:user")
+    assert refused(api(forge, f"/repos/{OPS}/issues", repo_only), "read:issue")
+    assert refused(api(forge, f"/repos/{OPS}/labels", repo_only), "read:issue")
+    assert refused(api(forge, f"/repos/{OPS}/issues/{number}/timeline", repo_only), "read:issue")
+    assert refused(post(forge, f"/repos/{OPS}/pulls/{number}/merge", repo_only, {"Do": "merge"}), "write:repository")
+    assert refused(post(forge, f"/repos/{OPS}/issues/{number}/comments", repo_only, {"body": "x"}), "write:issue")
+    assert refused(api(forge, "/repos/nobody/nothing", issue_rw), "read:repository"), "scopes before 404"
+
+    assert api(forge, f"/repos/{OPS}/issues", issue_rw).status_code == 200, "write implies read"
+    assert post(forge, f"/repos/{OPS}/issues/{number}/comments", issue_rw, {"body": "x"}).status_code == 201
+    assert api(forge, "/user", forge.new_token("bob")).status_code == 200, "None means all"
+    with pytest.raises(ValueError):
+        forge.new_token("bob", ["read:everything"])
+
+    forge.add_repo("disinto/secret", tmp_path / "secret.git", private=True)
+    forge.add_collaborator("disinto/secret", "bob", "read")
+    public_only = forge.new_token("bob", ["read:repository", "public-only"])
+    assert api(forge, f"/repos/{OPS}", public_only).status_code == 200
+    limited = api(forge, "/repos/disinto/secret", public_only)
+    assert (limited.status_code, limited.json()["message"]) == (403, "token scope is limited to public repos")
