@@ -142,6 +142,9 @@ class Reconciler:
             summary.errors.append(f"ops repo: {exc}")
             ctx.observe("external_error", exc.system or "git")
             log.warning("ops repo unavailable, watching runs only: %s", exc)
+        except Exception as exc:  # a bug or an input nobody foresaw must not stop the service
+            summary.errors.append(f"ops repo: internal error {type(exc).__name__}: {exc}")
+            log.exception("desired-state scan failed; watching runs only this pass")
         if sidecar_runs.enabled(ctx) and self._sidecar_scan_due():
             try:
                 summary.created += len(sidecar_runs.scan(ctx, cap=ctx.settings.loop.max_sidecars))

@@ -73,6 +73,10 @@ def _new_runs(ctx: Context, head: str) -> Iterator[str]:
     for path in sorted(files):
         if not path.endswith(".toml"):
             continue
+        problem = desired.name_problem(path)
+        if problem:
+            yield f"{desired.display_path(path)}: would be skipped with a warning ({problem})"
+            continue
         action_id = actions.action_id_from_file_name(posixpath.basename(path))
         if action_id and actions.result_path(action_id) in results:
             continue

@@ -32,11 +32,29 @@ Concurrency
     the same remote at once: a rejected non-fast-forward push is normal, and is rebuilt on
     the freshly fetched head and retried with backoff and jitter.
 
+Full history
+    History-based answers (``last_change``, ``history``, ``is_ancestor``, ``merge_base``, …) need a
+    full clone: a shallow clone's boundary commit has no parents, so ``git log -- <path>`` would
+    name it as the change of every file. ``ensure_ready`` unshallows an existing shallow clone
+    (``git fetch --unshallow``), and so do ``fetch`` and every history verb if one is made shallow
+    later; when that fetch fails the clone is refused with how to fix it.
+
 Reading
     Paths are resolved through tree objects read with ``cat-file`` and cached by object
     id (immutable, so never stale), then blobs are read by id in one pipelined exchange.
     ``cat-file <sha>:<path>`` would scan a directory's entries on every call, which made
     reading 10,000 files of one directory quadratic (23 s instead of 0.2 s).
+
+    Names are taken verbatim from tree objects and from ``-z`` listings, never from quoted
+    output: they may hold newlines, tabs and any UTF-8 (bytes that are not UTF-8 come back
+    as surrogate escapes). Only regular files (modes 100644, 100755) are files to ``read`` and
+    ``list_dir``; ``list_entries`` also shows symlinks, submodules (gitlinks) and directories.
+
+Writing
+    Results are one commit built on the head known here and pushed with
+    ``--force-with-lease=refs/heads/<branch>:<that head>``: a remote that moved - on, or back
+    after a human's force-push - refuses, and the commit is rebuilt on the fetched head. A plain
+    push would fast-forward over a rewound branch and bring back what the human removed.
 
 Errors
     Network, lock and race problems raise ``TransientError(system="git")``; a remote that
@@ -133,6 +151,7 @@ _OPERATION_STATE = (
 
 _TREE_MODE = "40000"
 _BLOB_MODES = ("100644", "100755", "120000")  # what ``ls-tree`` calls blobs (symlinks included)
+_FILE_MODES = ("100644", "100755")  # regular files: the only entries ``read`` and ``list_dir`` answer with
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _TREE_CACHE_SIZE = 256
 _COMMIT_MEMO_SIZE = 4096
@@ -210,9 +229,35 @@ def _is_push_race(output: str) -> bool:
     return any(p in low for p in _RACE_PHRASES)
 
 
+_MISSING_ON_REMOTE = (
+    "couldn't find remote ref",
+    "no such remote ref",
+    "not our ref",
+    "unadvertised object",
+    "no matching remote head",
+)
+
+
+def _is_missing_on_remote(output: str) -> bool:
+    """A fetch refused only because the remote has no such ref or object (an answer, not a failure)."""
+    low = output.lower()
+    return any(p in low for p in _MISSING_ON_REMOTE)
+
+
 def _check_path(path: str) -> str:
-    """A repository-relative file path, safe to put on a ``cat-file`` line or an index entry."""
-    if not path or path.startswith("/") or any(c in path for c in "\n\r\0"):
+    """A repository-relative file path to *write*: safe on a ``fast-import`` line or an index entry."""
+    if any(c in path for c in "\n\r"):
+        raise ValueError(f"not a repository path: {path!r}")
+    return _check_read_path(path)
+
+
+def _check_read_path(path: str) -> str:
+    """A repository-relative path to *read* (resolved through tree objects, or one argv word after ``--``).
+
+    Tree entry names may hold newlines, tabs and any bytes but ``/`` and NUL, so only those
+    are refused, with the components git itself never writes (empty, ``.``, ``..``).
+    """
+    if not path or path.startswith("/") or "\0" in path:
         raise ValueError(f"not a repository path: {path!r}")
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise ValueError(f"not a normalised repository path: {path!r}")
@@ -238,6 +283,32 @@ def _parse_tree(raw: bytes, oid_bytes: int) -> dict[str, tuple[str, str]]:
         entries[name] = (mode, raw[nul + 1 : nul + 1 + oid_bytes].hex())
         i = nul + 1 + oid_bytes
     return entries
+
+
+def _parse_name_log(raw: bytes, directory: str) -> dict[str, list[str]]:
+    """Per path, the commits of a ``git log --format=%x01%H --name-only -z`` listing, newest first.
+
+    With ``-z`` every name ends in NUL and is otherwise verbatim (newlines, tabs, any bytes); git
+    puts one ``\\n`` between a commit's header and its first name (after the header's NUL, or in
+    the same token in older versions). Every name starts with ``<directory>/``, so a token that
+    does not is that separator and a name: exactly one newline is dropped, nothing else.
+    """
+    histories: dict[str, list[str]] = {}
+    current = ""
+    prefix = directory + "/"
+    for token in raw.decode("utf-8", "surrogateescape").split("\0"):
+        if token.startswith("\x01"):
+            header, _, rest = token[1:].partition("\n")
+            current = header.strip()
+            token = rest
+        if token.startswith("\n") and not token.startswith(prefix):
+            token = token[1:]
+        if not token:
+            continue
+        shas = histories.setdefault(token, [])
+        if not shas or shas[-1] != current:
+            shas.append(current)
+    return histories
 
 
 def _utc(timestamp: int) -> str:
@@ -548,6 +619,8 @@ class OpsRepo:
         with self._writing():
             self._clean_leftovers(self._git_dir, exclusive)
             self._check_remote()
+            if self._is_shallow():
+                self._unshallow()
         (self._git_dir / _TMP_DIR).mkdir(exist_ok=True)
         self._ready_done = True
 
@@ -655,6 +728,44 @@ class OpsRepo:
         for name in _OPERATION_STATE:
             self._remove_if_older(git_dir / name, cutoff, "half-done operation state")
 
+    # A shallow clone's boundary commits have no parents, so ``git log -- <path>`` attributes every
+    # file to them and ``merge-base`` finds nothing: approvals read from history would be wrong.
+
+    def _shallow_marked(self) -> bool:
+        """Cheap test (one stat, no process): git marks a shallow repository with ``<git dir>/shallow``."""
+        return self._git_dir is not None and (self._git_dir / "shallow").exists()
+
+    def _is_shallow(self) -> bool:
+        proc = self._run(["rev-parse", "--is-shallow-repository"], check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == b"true"
+
+    def _require_full_history(self) -> None:
+        """Before any answer from history: a clone made shallow behind our back is unshallowed first."""
+        if self._shallow_marked():
+            with self._writing():
+                if self._is_shallow():
+                    self._unshallow()
+
+    def _unshallow(self) -> None:
+        """Fetch the primary branch's whole history (``git fetch --unshallow``), or refuse with how to fix it."""
+        log.warning("ops repo clone %s is shallow; fetching its full history (git fetch --unshallow)", self._root)
+        args = self._fetch_args()
+        args.insert(1, "--unshallow")
+        proc = self._run(args, check=False)
+        if proc.returncode == 0 and not self._is_shallow():
+            self._head = self._rev_parse(self._tracking)
+            return
+        message = self._output(proc) if proc.returncode != 0 else "the clone is still shallow afterwards"
+        fix = (
+            f"OPS_REPO_ROOT {self._root} is a shallow clone, and history-based decisions (approvals) need the "
+            f"full history, but `git fetch --unshallow` from {redact(self._remote)} failed: {message}. "
+            f"Fix: run `git -C {self._root} fetch --unshallow {REMOTE}`, or remove {self._root} "
+            "(the reconciler clones it again, in full), or re-clone it without --depth"
+        )
+        # Network trouble is worth another try on a later pass; anything else needs a human.
+        network = proc.returncode != 0 and any(p in message.lower() for p in _TRANSIENT_PHRASES)
+        raise (TransientError if network else PermanentError)(fix, system=SYSTEM)
+
     def _check_remote(self) -> None:
         proc = self._run(["config", "--get", f"remote.{REMOTE}.url"], check=False)
         current = proc.stdout.decode("utf-8", "replace").strip() if proc.returncode == 0 else None
@@ -730,6 +841,8 @@ class OpsRepo:
         """Fetch the primary branch; return the remote head sha (one round trip when nothing changed)."""
         self._ready()
         with self._writing():
+            if self._shallow_marked() and self._is_shallow():  # made shallow behind our back
+                self._unshallow()
             proc = self._run(self._fetch_args(), check=False)
             if proc.returncode != 0:
                 message = self._output(proc)
@@ -766,18 +879,29 @@ class OpsRepo:
     # ----------------------------------------------------------------- reading
 
     def list_dir(self, sha: str, dir: str = "vault/actions") -> dict[str, str]:
-        """Files directly in ``dir`` at ``sha``: repository path → blob sha ({} when the dir is absent)."""
+        """Regular files (modes 100644 and 100755) directly in ``dir`` at ``sha``: repository path →
+        blob sha ({} when the dir is absent). Symlinks, submodules and directories are not files:
+        ``list_entries`` shows them."""
+        return {path: oid for path, (mode, oid) in self.list_entries(sha, dir).items() if mode in _FILE_MODES}
+
+    def list_entries(self, sha: str, dir: str = "vault/actions") -> dict[str, tuple[str, str]]:
+        """Every entry directly in ``dir`` at ``sha``: repository path → ``(mode, object id)``, whatever
+        it is: a regular file (``100644``, ``100755``), a symlink (``120000``), a submodule (gitlink,
+        ``160000``, whose object is another repository's commit) or a directory (``40000``).
+
+        Names are exactly as stored in the tree: they may hold newlines, tabs and any UTF-8; bytes that
+        are not UTF-8 come back as surrogate escapes (``'\udcff'``), so callers can tell them apart.
+        """
         self._ready()
-        prefix = _check_path(dir.strip("/"))
+        prefix = _check_read_path(dir.strip("/"))
         found = self._lookup(sha, prefix, missing_commit=True)
         if found is None or found[0] != _TREE_MODE:
             return {}
-        return {
-            f"{prefix}/{name}": oid for name, (mode, oid) in self._tree(found[1]).items() if mode in _BLOB_MODES
-        }
+        return {f"{prefix}/{name}": (mode, oid) for name, (mode, oid) in self._tree(found[1]).items()}
 
     def read(self, sha: str, path: str, *, max_bytes: int | None = None) -> bytes | None:
-        """Content of ``path`` at commit ``sha``; None if absent (or if ``sha`` is unknown here).
+        """Content of ``path`` at commit ``sha``; None if absent, if not a regular file (a symlink, a
+        submodule, a directory) or if ``sha`` is unknown here.
 
         With ``max_bytes``, a larger file comes back as its first ``max_bytes + 1`` bytes:
         ``len(result) > max_bytes`` tells the caller it is too big, and a 10 MB file is never
@@ -795,11 +919,11 @@ class OpsRepo:
         self._ready()
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        wanted = list(dict.fromkeys(_check_path(p) for p in paths))
+        wanted = list(dict.fromkeys(_check_read_path(p) for p in paths))
         blobs: dict[str, str] = {}
         for path in wanted:
             found = self._lookup(sha, path, missing_commit=False)
-            if found is not None and found[0] in _BLOB_MODES:
+            if found is not None and found[0] in _FILE_MODES:
                 blobs[path] = found[1]
         oids = list(dict.fromkeys(blobs.values()))
         answers = self._cat_file().objects(oids, max_bytes) if oids else []
@@ -911,28 +1035,15 @@ class OpsRepo:
 
     def _walk_histories(self, sha: str, directory: str) -> dict[str, list[str]]:
         self._ready()
+        self._require_full_history()
+        directory = _check_read_path(directory.strip("/"))
         proc = self._run(
-            ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", _check_path(directory)],
+            ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", directory],
             check=False,
         )
         if proc.returncode != 0:
             raise self._unknown_or_failure(sha, "git log", proc)
-        histories: dict[str, list[str]] = {}
-        current = ""
-        for token in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
-            token = token.strip("\n")
-            if not token:
-                continue
-            if token.startswith("\x01"):
-                header, _, rest = token[1:].partition("\n")
-                current = header.strip()
-                token = rest.strip("\n")
-                if not token:
-                    continue
-            shas = histories.setdefault(token, [])
-            if not shas or shas[-1] != current:
-                shas.append(current)
-        return histories
+        return _parse_name_log(proc.stdout, directory)
 
     def commits(self, shas: Sequence[str]) -> list[CommitInfo]:
         """Metadata of these commits, in order (one ``cat-file`` exchange)."""
@@ -945,10 +1056,11 @@ class OpsRepo:
 
     def _path_commits(self, sha: str, path: str, limit: int | None) -> list[CommitInfo]:
         self._ready()
+        self._require_full_history()
         args = ["log", "--first-parent", "--format=%H"]
         if limit is not None:
             args.append(f"-{limit}")
-        proc = self._run([*args, _check_rev(sha), "--", _check_path(path)], check=False)
+        proc = self._run([*args, _check_rev(sha), "--", _check_read_path(path)], check=False)
         if proc.returncode != 0:
             raise self._unknown_or_failure(sha, "git log", proc)
         shas = proc.stdout.decode("ascii").split()
@@ -1000,12 +1112,98 @@ class OpsRepo:
     def is_ancestor(self, a: str, b: str) -> bool:
         """Whether commit ``a`` is reachable from ``b`` (False when either is unknown)."""
         self._ready()
+        self._require_full_history()
         proc = self._run(["merge-base", "--is-ancestor", _check_rev(a), _check_rev(b)], check=False)
         if proc.returncode in (0, 1):
             return proc.returncode == 0
         if not (self._commit_exists(a) and self._commit_exists(b)):
             return False
         raise self._failure("git merge-base", proc)
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of commits ``a`` and ``b`` (``git merge-base``); None when they share
+        no history. ``NotFoundError`` when either commit is unknown here (see ``ensure_commit``)."""
+        self._ready()
+        self._require_full_history()
+        proc = self._run(["merge-base", _check_rev(a), _check_rev(b)], check=False)
+        if proc.returncode == 0:
+            return proc.stdout.decode("ascii").split()[0]
+        for rev in (a, b):
+            if not self._commit_exists(rev):
+                raise NotFoundError(f"no commit {rev} in the ops repo clone", system=SYSTEM)
+        if proc.returncode == 1 and not proc.stderr.strip():
+            return None
+        raise self._failure("git merge-base", proc)
+
+    def first_parents(self, sha: str, limit: int) -> list[str]:
+        """``sha`` and its first-parent ancestors, newest first, at most ``limit`` of them
+        (``git rev-list --first-parent -n <limit>``); ``NotFoundError`` for an unknown commit."""
+        self._ready()
+        self._require_full_history()
+        if limit <= 0:
+            return []
+        proc = self._run(["rev-list", "--first-parent", "-n", str(int(limit)), f"{_check_rev(sha)}^{{commit}}", "--"], check=False)
+        if proc.returncode != 0:
+            raise self._unknown_or_failure(sha, "git rev-list", proc)
+        return proc.stdout.decode("ascii").split()
+
+    def first_parents_after(self, head: str, sha: str, limit: int) -> list[str]:
+        """The commits of ``head``'s first-parent history that descend from ``sha``, oldest first, at most
+        ``limit`` (``git rev-list --first-parent --ancestry-path --reverse <sha>..<head>``): where ``sha``
+        landed on the branch and what came after. A first-parent commit made beside a merged branch (not a
+        descendant of ``sha``) is not listed. ``NotFoundError`` when either commit is unknown here."""
+        self._ready()
+        self._require_full_history()
+        if limit <= 0:
+            return []
+        proc = self._run(
+            ["rev-list", "--first-parent", "--ancestry-path", "--reverse", f"{_check_rev(sha)}..{_check_rev(head)}", "--"],
+            check=False,
+        )
+        if proc.returncode != 0:
+            for rev in (sha, head):
+                if not self._commit_exists(rev):
+                    raise NotFoundError(f"no commit {rev} in the ops repo clone", system=SYSTEM)
+            raise self._failure("git rev-list", proc)
+        return proc.stdout.decode("ascii").split()[: int(limit)]
+
+    def ensure_commit(self, sha: str, pull_number: int | None = None) -> bool:
+        """Whether commit ``sha`` is in the clone, fetching it when it is not.
+
+        A pull request's commits are not on the primary branch until merged, so they are not fetched
+        with it. With ``pull_number``, ``refs/pull/<n>/head`` is fetched first into the local ref
+        ``refs/reconciler/pull/<n>`` (never the branch, never its remote-tracking ref); if the commit is
+        still missing and ``sha`` is a full id, it is asked for by id (servers allow that for reachable commits). A commit or pull
+        ref the remote does not have answers False; network trouble raises ``TransientError``.
+        """
+        self._ready()
+        rev = _check_rev(sha)
+        if self._commit_exists(rev):
+            return True
+        with self._writing():
+            refspecs: list[str] = []
+            if pull_number is not None:
+                number = int(pull_number)
+                if number <= 0:
+                    raise ValueError(f"not a pull request number: {pull_number!r}")
+                refspecs.append(f"+refs/pull/{number}/head:refs/reconciler/pull/{number}")
+            if _FULL_SHA.fullmatch(rev):
+                refspecs.append(rev)
+            for refspec in refspecs:
+                proc = self._run(
+                    ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", REMOTE, refspec], check=False
+                )
+                if proc.returncode != 0:
+                    message = self._output(proc)
+                    if not _is_missing_on_remote(message):
+                        raise _error_class(message)(
+                            f"cannot fetch {refspec.split(':')[0].lstrip('+')} from {redact(self._remote)}: {message}",
+                            system=SYSTEM,
+                        )
+                    log.debug("remote has no %s: %s", refspec, message)
+                if self._commit_exists(rev):
+                    return True
+        return False
 
     def _commit_exists(self, rev: str) -> bool:
         proc = self._run(["rev-parse", "--verify", "--quiet", f"{_check_rev(rev)}^{{commit}}"], check=False)
@@ -1024,7 +1222,8 @@ class OpsRepo:
         Files already identical upstream are left out (another writer won); with nothing
         left, no commit is made. A push rejected because the branch moved is rebuilt on the
         freshly fetched head and retried, with backoff and jitter, up to ``max_attempts``
-        rounds; then ``TransientError``. Never forces.
+        rounds; then ``TransientError``. Never forces: each push is leased on the commit it was built on
+        (``--force-with-lease``), so a branch rewound by a human is rebuilt on, never fast-forwarded over.
         """
         self._ready()
         paths = sorted(_check_path(p) for p in files)
@@ -1050,7 +1249,7 @@ class OpsRepo:
                 if not todo:
                     return PushOutcome(commit=None, already_upstream=already, attempts=attempt)
                 commit = self._build_commit(head, {p: blobs[p] for p in todo}, message)
-                refusal = self._push(commit)
+                refusal = self._push(commit, head)
                 if not refusal:
                     self._head = self.pushed_head = commit
                     return PushOutcome(commit=commit, pushed=todo, already_upstream=already, attempts=attempt)
@@ -1072,7 +1271,7 @@ class OpsRepo:
         if not todo:
             return None  # identical already at a head that may be stale: confirm on the fetched one
         commit = self._build_commit(head, {p: blobs[p] for p in todo}, message)
-        if self._push(commit):
+        if self._push(commit, head):
             return None
         self._head = self.pushed_head = commit
         return PushOutcome(commit=commit, pushed=todo, already_upstream=[p for p in paths if p not in todo], attempts=attempt + 1)
@@ -1141,10 +1340,19 @@ class OpsRepo:
             raise TransientError(f"git fast-import gave no commit id for the results commit: {commit!r}", system=SYSTEM)
         return commit
 
-    def _push(self, commit: str) -> str:
-        """Push ``commit`` to the branch without force: "" on success, git's refusal on a race."""
+    def _push(self, commit: str, base: str) -> str:
+        """Push ``commit``, built on ``base``, to the branch: "" on success, git's refusal on a race.
+
+        The push carries ``--force-with-lease=refs/heads/<branch>:<base>``: the remote ref is updated only
+        while it still is ``base``. A plain push would also succeed whenever it fast-forwards, so after a
+        human force-pushed the branch *backwards* (to an ancestor of ``base``), a commit built on the old
+        head would bring back what they removed. Any other remote value - moved on, rewound, rewritten -
+        is refused as "stale info", a race like any other: fetch, rebuild on the new head, retry.
+        """
+        ref = f"refs/heads/{self._branch}"
         proc = self._run(
-            ["push", "--porcelain", "--quiet", REMOTE, f"{commit}:refs/heads/{self._branch}"], check=False
+            ["push", "--porcelain", "--quiet", f"--force-with-lease={ref}:{_check_rev(base)}", REMOTE, f"{commit}:{ref}"],
+            check=False,
         )
         if proc.returncode == 0:
             return ""

@@ -645,3 +645,255 @@ def test_path_histories_in_one_walk_match_history_per_file(forge_ops):
         assert shas == [c.sha for c in ops.history(head, path)], path
     assert len(batch["vault/actions/x.toml"]) == 3
     assert [c.sha for c in ops.commits(batch["vault/actions/x.toml"])] == batch["vault/actions/x.toml"]
+
+
+# ------------------------------------------------------------------ shallow clones
+
+
+def _history(remote: Path, tmp_path: Path) -> list[str]:
+    """Three more commits on the remote's main, each touching the action a.toml: their shas, oldest first."""
+    clone = Clone(tmp_path / "history", f"file://{remote}")
+    shas = [clone.write({"vault/actions/a.toml": f'id = "a"\n# v{i}\n'.encode()}, f"edit a v{i}") for i in range(2)]
+    shas.append(clone.write({"README.md": b"newest\n"}, "unrelated newest"))
+    clone.push()
+    return shas
+
+
+def _is_shallow(root: Path) -> bool:
+    return git(root, "rev-parse", "--is-shallow-repository").strip() == "true"
+
+
+@pytest.mark.parametrize("layout", ["bare", "working clone"])
+def test_a_shallow_clone_at_root_is_unshallowed_before_any_answer(make_repo, remote: Path, tmp_path: Path, layout: str) -> None:
+    edits = _history(remote, tmp_path)
+    # file:// (not a plain path): a local clone ignores --depth
+    bare = ["--bare"] if layout == "bare" else []
+    git(tmp_path, "clone", "-q", *bare, "--depth", "1", f"file://{remote}", str(tmp_path / "ops"))
+    assert _is_shallow(tmp_path / "ops")
+    repo = make_repo()
+    repo.ensure_ready()
+    assert not _is_shallow(tmp_path / "ops")
+    head = repo.fetch()
+    assert head == remote_head(remote)
+    # in the shallow clone every file was attributed to the boundary commit (the newest)
+    assert repo.last_change(head, "vault/actions/a.toml").sha == edits[1]
+    assert [c.sha for c in repo.history(head, "vault/actions/a.toml")][:2] == [edits[1], edits[0]]
+    assert len(repo.first_parents(head, 10)) == 4
+
+
+def test_a_shallow_clone_that_cannot_be_unshallowed_is_refused_with_the_fix(make_repo, remote: Path, tmp_path: Path) -> None:
+    _history(remote, tmp_path)
+    git(tmp_path, "clone", "-q", "--bare", "--depth", "1", f"file://{remote}", str(tmp_path / "ops"))
+    repo = make_repo(remote=f"file://{tmp_path}/gone.git")
+    with pytest.raises(PermanentError) as err:
+        repo.ensure_ready()
+    text = str(err.value)
+    assert "shallow" in text and "fetch --unshallow" in text and str(tmp_path / "ops") in text
+    assert "without --depth" in text
+    assert _is_shallow(tmp_path / "ops")
+
+
+def test_a_clone_made_shallow_later_is_unshallowed_by_fetch_and_history(make_repo, remote: Path, tmp_path: Path) -> None:
+    edits = _history(remote, tmp_path)
+    repo = make_repo()
+    head = repo.fetch()
+    shallow = tmp_path / "ops" / "shallow"
+    shallow.write_text(head + "\n")  # what `git fetch --depth 1` leaves: the head as a root
+    assert _is_shallow(tmp_path / "ops")
+    assert repo.last_change(head, "vault/actions/a.toml").sha == edits[1]  # a history verb unshallows first
+    assert not shallow.exists()
+    shallow.write_text(head + "\n")
+    assert repo.fetch() == head
+    assert not shallow.exists() and not _is_shallow(tmp_path / "ops")
+
+
+# ------------------------------------------------------------------ pushes leased on their base
+
+
+def test_a_push_after_a_human_rewound_main_is_rebuilt_on_the_rewound_head(make_repo, remote: Path, other: Clone) -> None:
+    repo = make_repo()
+    h0 = repo.fetch()
+    other.write({"vault/actions/removed.toml": b'id = "removed"\n'}, "an action merged by mistake")
+    other.push()
+    h1 = repo.fetch()  # the result commit will be built on h1 (the head known here)
+    assert repo.head() == h1 != h0
+    git(remote, "update-ref", "refs/heads/main", h0, h1)  # the human's force-push back to h0
+    outcome = repo.push_files({"vault/actions/a.result.json": b"A"}, "result a")
+    final = remote_head(remote)
+    assert outcome.commit == final
+    assert git(remote, "rev-list", "--parents", "-n1", final).split() == [final, h0], "built on the rewound head"
+    ancestors = git(remote, "rev-list", final).split()
+    assert h1 not in ancestors, "the removed commit is not resurrected"
+    names = git(remote, "ls-tree", "-r", "--name-only", "main").split("\n")
+    assert "vault/actions/removed.toml" not in names
+    assert remote_file(remote, "vault/actions/a.result.json") == b"A"
+    assert repo.head() == final
+
+
+def test_a_moved_remote_refuses_the_lease_and_the_push_is_retried(make_repo, remote: Path, other: Clone) -> None:
+    """The remote moved to a commit that is *not* a descendant of the known head (a rewrite)."""
+    repo = make_repo()
+    h0 = repo.fetch()
+    git(other.path, "commit", "-q", "--amend", "-m", "seed, reworded by a human")
+    git(other.path, "push", "-q", "--force", "origin", "HEAD:main")
+    rewritten = other.head()
+    outcome = repo.push_files({"vault/actions/b.result.json": b"B"}, "result b")
+    assert git(remote, "rev-parse", f"{outcome.commit}^").strip() == rewritten
+    assert h0 not in git(remote, "rev-list", "main").split()
+
+
+# ------------------------------------------------------------------ odd tree entries
+
+
+def _odd_commit(clone: Clone) -> str:
+    """A commit with every odd entry CONTRACTS.md names: newline, tab and UTF-8 names, a symlink, a
+    submodule (gitlink), a directory named like an action file; pushed to main."""
+    actions = clone.path / "vault" / "actions"
+    (actions / "new\nline.toml").write_bytes(b"newline\n")
+    (actions / "\nleading.toml").write_bytes(b"leading\n")
+    (actions / "trailing.toml\n").write_bytes(b"trailing\n")
+    (actions / "tab\there.toml").write_bytes(b"tab\n")
+    (actions / "ünï-cödé.toml").write_bytes(b"utf8\n")
+    os.symlink("a.toml", actions / "link.toml")
+    (actions / "dir.toml").mkdir()
+    (actions / "dir.toml" / "inner.toml").write_bytes(b"inside\n")
+    git(clone.path, "add", "-A")
+    seed = clone.head()
+    git(clone.path, "update-index", "--add", "--cacheinfo", f"160000,{seed},vault/actions/sub.toml")
+    git(clone.path, "commit", "-q", "-m", "odd entries")
+    clone.push()
+    return clone.head()
+
+
+def test_odd_entries_are_listed_with_their_modes_and_only_regular_files_read(make_repo, other: Clone) -> None:
+    repo = make_repo()
+    old = repo.fetch()
+    new = _odd_commit(other)
+    assert repo.fetch() == new
+    entries = repo.list_entries(new)
+    modes = {path: mode for path, (mode, _) in entries.items()}
+    assert modes["vault/actions/new\nline.toml"] == "100644"
+    assert modes["vault/actions/\nleading.toml"] == "100644"
+    assert modes["vault/actions/trailing.toml\n"] == "100644"
+    assert modes["vault/actions/tab\there.toml"] == "100644"
+    assert modes["vault/actions/ünï-cödé.toml"] == "100644"
+    assert modes["vault/actions/link.toml"] == "120000"
+    assert modes["vault/actions/sub.toml"] == "160000"
+    assert modes["vault/actions/dir.toml"] == "40000"
+    assert entries["vault/actions/sub.toml"][1] == git(other.path, "rev-parse", "HEAD^").strip()
+    listing = repo.list_dir(new)
+    assert set(listing) == {p for p, m in modes.items() if m in ("100644", "100755")}
+    assert "vault/actions/link.toml" not in listing and "vault/actions/sub.toml" not in listing
+    assert repo.read(new, "vault/actions/new\nline.toml") == b"newline\n"
+    assert repo.read(new, "vault/actions/tab\there.toml") == b"tab\n"
+    assert repo.read(new, "vault/actions/link.toml") is None, "a symlink is not a file"
+    assert repo.read(new, "vault/actions/sub.toml") is None
+    assert repo.read(new, "vault/actions/dir.toml") is None
+    changed = repo.changed_paths(old, new)
+    assert "vault/actions/new\nline.toml" in changed and "vault/actions/trailing.toml\n" in changed
+    assert "vault/actions/\nleading.toml" in changed and "vault/actions/sub.toml" in changed
+    assert "vault/actions/dir.toml/inner.toml" in changed
+    histories = repo.path_histories(new, "vault/actions")
+    for name in ("new\nline.toml", "\nleading.toml", "trailing.toml\n", "tab\there.toml", "ünï-cödé.toml", "link.toml", "sub.toml"):
+        assert histories[f"vault/actions/{name}"] == [new], name
+    assert histories["vault/actions/dir.toml/inner.toml"] == [new]
+    assert histories["vault/actions/a.toml"] == [old]
+    assert repo.last_change(new, "vault/actions/new\nline.toml").sha == new
+    assert repo.last_changes(new, "vault/actions")["vault/actions/trailing.toml\n"].sha == new
+    with pytest.raises(ValueError):
+        repo.push_files({"vault/actions/x\ny.result.json": b"x"}, "never written")
+
+
+def test_a_name_that_is_not_utf8_comes_back_escaped(make_repo, other: Clone) -> None:
+    blob = git(other.path, "hash-object", "-w", "--stdin", input=b"bytes\n").strip()
+    # -z: the name travels verbatim (one byte 0xff, not UTF-8)
+    git(other.path, "update-index", "-z", "--index-info", input=b"100644 " + blob.encode() + b"\tvault/actions/bad-\xff.toml\0")
+    git(other.path, "commit", "-q", "-m", "a name that is not UTF-8")
+    other.push()
+    repo = make_repo()
+    head = repo.fetch()
+    odd = "vault/actions/bad-\udcff.toml"
+    assert repo.list_entries(head)[odd][0] == "100644"
+    assert repo.read(head, odd) == b"bytes\n"
+    assert repo.path_histories(head, "vault/actions")[odd] == [head]
+
+
+# ------------------------------------------------------------------ commits of pull requests, merge bases
+
+
+def test_merge_base_and_first_parents(make_repo, other: Clone, remote: Path) -> None:
+    seed = other.head()
+    git(other.path, "checkout", "-q", "-b", "topic")
+    topic = other.write({"vault/actions/t.toml": b"t"}, "topic")
+    git(other.path, "checkout", "-q", "main")
+    m1 = other.write({"README.md": b"m1\n"}, "m1")
+    git(other.path, "merge", "-q", "--no-ff", "topic", "-m", "merge topic")
+    merge = other.head()
+    git(other.path, "push", "-q", "origin", "main", "topic")
+    git(other.path, "checkout", "-q", "--orphan", "lonely")
+    lonely = other.write({"x": b"x"}, "unrelated root")
+    git(other.path, "push", "-q", "origin", "lonely")
+    repo = make_repo()
+    head = repo.fetch()
+    assert head == merge
+    assert repo.ensure_commit(topic) is True  # reachable from main: already here
+    assert repo.merge_base(topic, m1) == seed
+    assert repo.merge_base(topic, head) == topic
+    assert repo.first_parents(head, 10) == [merge, m1, seed]
+    assert repo.first_parents(head, 2) == [merge, m1]
+    assert repo.first_parents(head, 0) == []
+    # after the topic commit: where it landed (the merge), not m1 (made beside the branch)
+    assert repo.first_parents_after(head, topic, 5) == [merge]
+    assert repo.first_parents_after(head, seed, 5) == [m1, merge]
+    assert repo.first_parents_after(head, seed, 1) == [m1]
+    assert repo.first_parents_after(head, head, 5) == []
+    unknown = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(NotFoundError):
+        repo.merge_base(unknown, head)
+    with pytest.raises(NotFoundError):
+        repo.first_parents(unknown, 3)
+    with pytest.raises(NotFoundError):
+        repo.first_parents_after(head, unknown, 3)
+    assert repo.ensure_commit(lonely) is True  # fetched by id: the remote has it (branch lonely)
+    assert repo.merge_base(lonely, head) is None
+    assert git(repo._root, "rev-parse", "refs/remotes/origin/main").strip() == head
+
+
+def test_ensure_commit_fetches_a_pull_request_head_into_its_own_ref(make_repo, other: Clone, remote: Path) -> None:
+    repo = make_repo()
+    head = repo.fetch()
+    git(other.path, "checkout", "-q", "-b", "proposal")
+    proposed = other.write({"vault/actions/p.toml": b'id = "p"\n'}, "proposal")
+    # the forge keeps a pull request's head as refs/pull/<n>/head, on no branch
+    git(other.path, "push", "-q", "origin", f"{proposed}:refs/heads/tmp")
+    git(remote, "update-ref", "refs/pull/7/head", proposed)
+    git(remote, "update-ref", "-d", "refs/heads/tmp")
+    assert repo.ensure_commit(proposed, 7) is True
+    root = repo._root
+    assert git(root, "rev-parse", "refs/reconciler/pull/7").strip() == proposed
+    assert git(root, "rev-parse", "refs/remotes/origin/main").strip() == head, "the branch never moves"
+    assert repo.head() == head
+    assert repo.merge_base(proposed, head) == head
+    assert repo.commit(proposed).message == "proposal\n"
+    assert repo.ensure_commit(proposed, 7) is True  # present now: no fetch
+    # a pull request ref the remote does not have, and a commit nobody has: False
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    assert repo.ensure_commit(missing, 8) is False
+    assert repo.ensure_commit(missing) is False
+    # a commit still reachable from the remote, though no ref of ours names it: fetched by id
+    git(other.path, "checkout", "-q", "main")
+    git(other.path, "checkout", "-q", "-b", "later")
+    later = other.write({"vault/actions/q.toml": b'id = "q"\n'}, "later proposal")
+    git(other.path, "push", "-q", "origin", "later")
+    assert repo.ensure_commit(later, 9) is True  # no refs/pull/9/head: the id itself is fetched
+
+
+def test_ensure_commit_over_a_broken_network_is_transient(make_repo, other: Clone, tmp_path: Path) -> None:
+    repo = make_repo()
+    repo.fetch()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    git(repo._root, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/ops.git")
+    with pytest.raises(TransientError):
+        repo.ensure_commit("0123456789abcdef0123456789abcdef01234567", 3)
