@@ -434,6 +434,71 @@ def _forge_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
             yield Check(False, "forge", f"{var} is not set", f"set {var} to owner/name of the ops repo")
             continue
         yield _repo_check(http, base, shown, headers, repo, login, fs.timeout)
+    yield from _scope_checks(settings, http, base, shown, login)
+    if fs.ops_repo:
+        yield from _admin_checks(settings, client, login)
+
+
+SCOPE_REFUSAL = "token does not have at least one of required scope(s)"
+"""The start of Forgejo's 403 message for a token without a scope a route needs."""
+
+
+def _scope_probes(settings: Settings) -> list[tuple[str, str, str, str, bool]]:
+    """(method, API path, scope, the feature that needs it, with the admin token) for what is in use."""
+    fs = settings.forge
+    probes: list[tuple[str, str, str, str, bool]] = []
+    if fs.ops_repo:
+        probes.append(("GET", f"/repos/{fs.ops_repo}/collaborators/{{login}}/permission", "read:repository", "admin checks (collaborator permission)", True))
+    if fs.repo:
+        probes.append(("GET", f"/repos/{fs.repo}/issues?type=issues&limit=1", "read:issue", "sidecars (the issue scan)", False))
+        # A comment on issue 0 cannot be stored: Forgejo checks the scope first, so 403 means the scope
+        # is missing and anything else means it is there. Nothing is written either way.
+        probes.append(("POST", f"/repos/{fs.repo}/issues/0/comments", "write:issue", "sidecar failure comments", False))
+    if fs.pr_comments and fs.ops_repo:
+        probes.append(("POST", f"/repos/{fs.ops_repo}/issues/0/comments", "write:issue", "RECONCILER_PR_COMMENTS", False))
+    return probes
+
+
+def _scope_checks(settings: Settings, http: requests.Session, base: str, shown: str, login: str) -> Iterator[Check]:
+    """One line per token scope the features in use need: present, or missing with the fix."""
+    fs = settings.forge
+    for method, path, scope, feature, admin in _scope_probes(settings):
+        token = (fs.admin_token or fs.token) if admin else fs.token
+        var = "FORGE_ADMIN_TOKEN" if admin and fs.admin_token else "FORGE_TOKEN"
+        headers = {"Authorization": f"token {token}", "Accept": "application/json"}
+        url = base + "/api/v1" + path.replace("{login}", login)
+        try:
+            reply = http.request(method, url, headers=headers, json={} if method == "POST" else None, timeout=fs.timeout)
+        except requests.RequestException as exc:
+            yield Check(False, "forge", f"stopped answering at {shown} ({type(exc).__name__})", "check Forgejo")
+            return
+        if reply.status_code == 403 and SCOPE_REFUSAL in reply.text:
+            yield Check(False, "forge", f"{var} lacks scope {scope}, needed for {feature}", f"create a token with {scope} for the reconciler's user")
+        elif reply.status_code == 403:
+            yield Check(False, "forge", f"{var} may not use {feature} at {shown}: {_body_text(reply)}", "give the token's user the access it needs")
+        else:
+            yield Check(True, "forge", f"{var} has scope {scope} ({feature})")
+
+
+def _admin_checks(settings: Settings, client: Any, login: str) -> Iterator[Check]:
+    """Each name in FORGE_ADMIN_USERS that the forge does not confirm as an admin of the ops repo."""
+    fs = settings.forge
+    for name in fs.admin_users:
+        if name.casefold() == login.casefold():
+            yield Check(False, "forge", f"FORGE_ADMIN_USERS lists {name}, the reconciler's own user, whose approvals never count", f"remove {name} from FORGE_ADMIN_USERS")
+            continue
+        try:
+            confirmed = client.is_admin(name, repo=fs.ops_repo)
+        except ReconcilerError as exc:
+            yield Check(False, "forge", f"cannot confirm FORGE_ADMIN_USERS entry {name}: {_error_text(exc)}", "give FORGE_ADMIN_TOKEN a site admin's or a repo admin's token")
+            continue
+        if confirmed:
+            yield Check(True, "forge", f"{name} is an admin of {fs.ops_repo} (its approvals count)")
+        else:
+            yield Check(
+                False, "forge", f"FORGE_ADMIN_USERS lists {name}, who is neither a site admin nor an admin of {fs.ops_repo}: its approvals do not count",
+                f"grant {name} admin on {fs.ops_repo}, or remove it from FORGE_ADMIN_USERS",
+            )
 
 
 def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str, str], repo: str, login: str, timeout: float) -> Check:
@@ -442,6 +507,11 @@ def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str
         return Check(False, "forge", f"stopped answering at {shown} ({reply})", "check Forgejo")
     if reply.status_code == 404:
         return Check(False, "forge", f"repo {repo} not found at {shown} or not readable by {login}", f"check the name, or give {login} read access to {repo}")
+    if reply.status_code == 403 and SCOPE_REFUSAL in reply.text:
+        return Check(
+            False, "forge", f"FORGE_TOKEN lacks scope read:repository, needed for the approval gate and {repo}",
+            "create a token with read:repository (and write:repository to push results) for the reconciler's user",
+        )
     if reply.status_code != 200:
         return Check(False, "forge", f"cannot read repo {repo} at {shown}: {_body_text(reply)}", f"give {login} read access to {repo}")
     return Check(True, "forge", f"repo {repo} readable by {login}")

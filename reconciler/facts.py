@@ -38,6 +38,10 @@ class PullRequest:
     head_sha: str = ""
     merged_at: str | None = None
     title: str = ""
+    merge_base: str = ""
+    """The forge's fork point of the pull request (the base its diff is shown against)."""
+    merged_by_id: int = 0
+    """``merged_by.id``: logins can be renamed and re-registered, ids cannot."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,10 @@ class Review:
     dismissed: bool = False
     official: bool = False
     commit_id: str = ""
+    """The head the reviewer saw: the content an approval vouches for."""
     submitted_at: str = ""
+    user_id: int = 0
+    """``user.id``: logins can be renamed and re-registered, ids cannot."""
 
 
 @dataclass(frozen=True)

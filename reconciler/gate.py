@@ -1,24 +1,36 @@
-"""The approval gate: who may run what (``shared/docs/MISSION.md``, "Who may run what").
+"""The approval gate: who may run what (``docs/approval.md``).
 
 Pure logic over a :class:`GateReader`, so the rules are tested with plain values and
 the loop supplies a reader backed by the local ops clone and the forge client.
 
-The rule for a ``dispatch_mode = "pr"`` action, as implemented here:
+The proof is the content, not the metadata around it. For a ``dispatch_mode = "pr"``
+action at ``path`` whose bytes on the primary branch are ``content``:
 
-1. The commit that brought the file's current content is the newest commit on the
-   primary branch's first-parent history that changed it (``last_change``).
-2. Candidate pull requests: the one the forge says has that commit as its merge commit
-   (``pull_for_commit``), and the number in that commit's message
-   (``Merge pull request '...' (#N) from ...`` or a squash ``... (#N)``). The message is
-   typed text and only suggests whom to ask.
-3. A candidate is confirmed only if the forge says it is merged, into the primary
-   branch, its merge commit is on the primary branch, that merge commit is one of the
-   first-parent commits that changed the file, and the file's content at the merge commit
-   equals the content on main byte for byte. (The "changed the file" condition closes a
-   hole left by content equality alone: a direct push naming a pull request that merged
-   *later* without touching the file would otherwise inherit that pull request's approval.)
-4. A confirmed pull request passes with a valid admin review, else with an admin merger;
-   see :func:`_judge_pull`.
+1. ``L``, the commit that brought ``content``, is the newest commit on the primary
+   branch's first-parent history that changed the file (``last_change``).
+2. Candidate pull requests: the one the forge names as the merge commit of ``L`` or of one
+   of the few first-parent commits after it (a rebase or fast-forward lands several commits
+   and the forge names only the last), and the number in ``L``'s message. Messages and
+   ``merge_commit_sha`` only say where to look; nothing below trusts them.
+3. A candidate counts only if the forge says it is merged into the primary branch, its
+   merge commit ``M`` is on the primary branch with ``content`` at ``path``, and ``L`` is one
+   of the commits the pull request landed: ``L`` is ``M`` or an ancestor of it, ``L`` is not
+   in the pull request's fork point ``F`` (the forge's ``merge_base``), the file at ``F`` is
+   not ``content`` (the pull request's own diff changed it), and a true merge commit brought
+   nothing but itself (``L == M``).
+4. Approval by review: for each reviewer only the latest decisive review counts; it must be
+   ``APPROVED``, not flagged ``dismissed`` or ``stale`` (flags only take an approval away),
+   by an admin who is neither the author nor the reconciler's own user, and the file in the
+   tree at its ``commit_id`` -- the head the admin saw -- must equal ``content`` byte for
+   byte. When ``L`` lies in that head's history it must also lie in the pull request's final
+   head (a commit that was on main before the pull request forked cannot borrow its review).
+5. Approval by merger (when enabled): the admin in ``merged_by`` counts only for a true merge
+   commit whose second parent is the pull request's final head with the same file, ``L == M``,
+   no scheduled auto-merge or manual-merge marking in the timeline, merged after the
+   repository was created (a migration copies ``merged_by``).
+
+Admins are site admins or users the forge confirms have ``admin`` permission on the ops
+repository, checked by user id so that a renamed or re-registered login gains nothing.
 
 Reader errors (``TransientError`` and friends) propagate unchanged: the gate never turns
 "could not ask" into "rejected". ``content`` and the reader must describe the same
@@ -50,6 +62,9 @@ class GateReader(Protocol):
     own_login: str
     """The reconciler's own forge user; its approvals never count."""
 
+    merger_approves: bool
+    """Whether an admin merger may stand in for a review (``RECONCILER_MERGER_APPROVES``)."""
+
     def last_change(self, path: str) -> CommitInfo | None:
         """Newest commit on the primary branch's first-parent history that changed ``path``."""
         ...
@@ -58,12 +73,28 @@ class GateReader(Protocol):
         """All commits on the primary branch's first-parent history that changed ``path``, newest first."""
         ...
 
+    def after(self, sha: str, limit: int) -> list[str]:
+        """Up to ``limit`` first-parent commits of the primary branch after ``sha``, oldest first."""
+        ...
+
+    def commit(self, sha: str) -> CommitInfo | None:
+        """The commit (with its parents); None when it is not in the local clone."""
+        ...
+
     def content_at(self, sha: str, path: str) -> bytes | None:
         """``path`` at commit ``sha``; None if absent there or the commit is unknown."""
         ...
 
     def is_on_primary(self, sha: str) -> bool:
         """Whether ``sha`` is the primary branch head or one of its ancestors."""
+        ...
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """Whether ``a`` is ``b`` or one of its ancestors (False when either is unknown)."""
+        ...
+
+    def ensure_commit(self, sha: str, pull_number: int) -> bool:
+        """Make ``sha`` present locally (fetching the pull request's head ref); whether it is now."""
         ...
 
     def pull(self, number: int) -> PullRequest | None:
@@ -78,8 +109,16 @@ class GateReader(Protocol):
         """Every review on pull request ``number``."""
         ...
 
-    def is_admin(self, login: str) -> bool:
-        """Whether ``login`` is in ``FORGE_ADMIN_USERS`` or a forge site admin."""
+    def timeline_types(self, number: int) -> list[str]:
+        """The ``type`` of every timeline event of pull request ``number``."""
+        ...
+
+    def repo_created_at(self) -> str:
+        """When the ops repository was created on the forge (RFC 3339)."""
+        ...
+
+    def is_admin(self, login: str, user_id: int = 0) -> bool:
+        """Whether ``login`` (the user with ``user_id`` when non-zero) is a site admin or a repo admin."""
         ...
 
 
@@ -94,6 +133,8 @@ class Approval:
     via: Literal["review", "merger"]
     author: str
     """Who opened the pull request."""
+    reviewed_commit: str = ""
+    """The head the approving admin saw (``review.commit_id``; the final head for a merger)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +152,12 @@ class TrustedTiers:
 DECISIVE = ("APPROVED", "REQUEST_CHANGES")
 """Review states that decide; ``COMMENT``, ``PENDING``, ``REQUEST_REVIEW`` never supersede."""
 
+LANDING_WINDOW = 20
+"""First-parent commits after the file's last change asked for a pull request (rebase, fast-forward)."""
+
+MERGER_DISQUALIFIERS = ("pull_scheduled_merge", "pull_cancel_scheduled_merge")
+"""Timeline events after which ``merged_by`` says who scheduled a merge, not who saw what merged."""
+
 _MERGE_MESSAGE = re.compile(r"^Merge pull request '.*' \(#(\d{1,9})\) from ", re.DOTALL)
 _SQUASH_MESSAGE = re.compile(r"\(#(\d{1,9})\)\s*$")
 
@@ -119,15 +166,14 @@ _SQUASH_MESSAGE = re.compile(r"\(#(\d{1,9})\)\s*$")
 
 
 def check_approval(path: str, content: bytes, reader: GateReader, *, primary_branch: str) -> Approval:
-    """Confirm that ``content`` (``path`` on the primary branch now) arrived through an approved PR.
+    """Confirm that ``content`` (``path`` on the primary branch now) is content an admin approved.
 
     Returns the :class:`Approval`; raises :class:`GateRejected` with a specific reason.
     """
     commit = reader.last_change(path)
     if commit is None:
         raise GateRejected(f"no commit on {primary_branch} changed {path}; it is not on {primary_branch}")
-    changed = {c.sha for c in reader.history(path)} | {commit.sha}
-    return _approve_version(path, content, commit, changed, reader, primary_branch)
+    return _approve_version(path, content, commit, reader, primary_branch)
 
 
 def trusted_tiers(path: str, reader: GateReader, *, primary_branch: str) -> TrustedTiers:
@@ -136,15 +182,13 @@ def trusted_tiers(path: str, reader: GateReader, *, primary_branch: str) -> Trus
     Newer versions that did not pass are listed in ``ignored``. A deletion of the file is
     honoured without approval (no tiers means every formula is ``high``, the strictest).
     """
-    history = reader.history(path)
-    changed = {c.sha for c in history}
     ignored: list[CommitInfo] = []
-    for commit in history:
+    for commit in reader.history(path):
         content = reader.content_at(commit.sha, path)
         if content is None:
             return TrustedTiers(content=None, commit=commit.sha, ignored=ignored)
         try:
-            _approve_version(path, content, commit, changed, reader, primary_branch)
+            _approve_version(path, content, commit, reader, primary_branch)
         except GateRejected:
             ignored.append(commit)
             continue
@@ -173,60 +217,54 @@ def authorize(
     return check_approval(path, content, reader, primary_branch=primary_branch)
 
 
-# --------------------------------------------------------------------------- confirmation
+# --------------------------------------------------------------------------- candidates
 
 
-def _approve_version(
-    path: str, content: bytes, commit: CommitInfo, changed: set[str], reader: GateReader, primary_branch: str
-) -> Approval:
-    """Approve ``content`` brought by ``commit``; ``changed`` = first-parent commits that changed ``path``."""
-    candidates: list[tuple[PullRequest | None, int, bool]] = []  # (pull, number, from the message only)
-    by_forge = reader.pull_for_commit(commit.sha)
-    if by_forge is not None:
-        candidates.append((by_forge, by_forge.number, False))
-    named = _number_in_message(commit.message)
-    if named is not None and (by_forge is None or by_forge.number != named):
-        candidates.append((reader.pull(named), named, True))
+def _approve_version(path: str, content: bytes, commit: CommitInfo, reader: GateReader, primary_branch: str) -> Approval:
+    """Approve ``content`` of ``path``, brought to the primary branch by ``commit``."""
+    candidates = _candidates(commit, reader)
     if not candidates:
         raise GateRejected(
             f"no merged pull request into {primary_branch} brought this content "
             f"(last change: direct commit {_describe_commit(commit)})"
         )
-
     problems: list[str] = []
-    for pull, number, from_message in candidates:
-        problem = _confirm(pull, number, from_message, path, content, commit, changed, reader, primary_branch)
-        if problem is not None or pull is None:  # _confirm never accepts a missing pull request
-            problems.append(problem or f"the forge has no pull request #{number}")
+    for number, pull in candidates:
+        if pull is None:
+            problems.append(f"commit {commit.sha[:7]} names #{number} but the forge has no pull request #{number}")
             continue
-        verdict = _judge_pull(pull, reader)
+        problem = _landing_problem(pull, path, content, commit, reader, primary_branch)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        verdict = _judge_pull(pull, path, content, commit, reader)
         if isinstance(verdict, Approval):
             return verdict
         problems.append(verdict)
     raise GateRejected("; ".join(problems))
 
 
-def _confirm(
-    pull: PullRequest | None,
-    number: int,
-    from_message: bool,
-    path: str,
-    content: bytes,
-    commit: CommitInfo,
-    changed: set[str],
-    reader: GateReader,
-    primary_branch: str,
+def _candidates(commit: CommitInfo, reader: GateReader) -> list[tuple[int, PullRequest | None]]:
+    """Pull requests worth asking about, in order: named by the forge, then by the message."""
+    found: dict[int, PullRequest | None] = {}
+    for sha in [commit.sha, *reader.after(commit.sha, LANDING_WINDOW)]:
+        pull = reader.pull_for_commit(sha)
+        if pull is not None:
+            found.setdefault(pull.number, pull)
+            break  # the first pull request landing at or after the change is the one that can have brought it
+    named = _number_in_message(commit.message)
+    if named is not None and named not in found:
+        found[named] = reader.pull(named)
+    return list(found.items())
+
+
+def _landing_problem(
+    pull: PullRequest, path: str, content: bytes, commit: CommitInfo, reader: GateReader, primary_branch: str
 ) -> str | None:
-    """Why ``pull`` does not prove it brought ``content`` to the primary branch, or None."""
-    short = commit.sha[:7]
-    if pull is None or not pull.merged or not pull.merge_commit_sha:
-        state = "" if pull is None else f" (pull request #{number} is {pull.state!r} and not merged)"
-        if not from_message:
-            return f"the forge names pull request #{number} for commit {short} but it is not merged{state}"
-        return (
-            f"merge message of commit {short} names #{number} but the forge has no merged pull "
-            f"request #{number} with merge commit {short}{state}"
-        )
+    """Why ``pull`` cannot be what brought ``content`` (changed in ``commit``) to the primary branch, or None."""
+    number, short = pull.number, commit.sha[:7]
+    if not pull.merged or not pull.merge_commit_sha:
+        return f"pull request #{number} is {pull.state!r} and not merged"
     merge = pull.merge_commit_sha
     if _branch(pull.base_ref) != primary_branch:
         return f"pull request #{number} was merged into {pull.base_ref!r}, not {primary_branch!r}"
@@ -236,34 +274,22 @@ def _confirm(
     if at_merge is None:
         return f"pull request #{number} does not contain {path} at its merge commit {merge[:7]}"
     if at_merge != content:
-        return (
-            f"pull request #{number} names this file but its content at the merge commit "
-            f"{merge[:7]} differs from {primary_branch} (changed after approval)"
-        )
-    if merge not in changed:
-        return (
-            f"pull request #{number}'s merge commit {merge[:7]} did not change {path}; "
-            f"this content came from commit {_describe_commit(commit)}"
-            + (" whose message only names it" if from_message else "")
-        )
+        return f"{path} at pull request #{number}'s merge commit {merge[:7]} differs from {primary_branch} (changed after it merged)"
+    if not reader.is_ancestor(commit.sha, merge):
+        return f"this content came from commit {_describe_commit(commit)}, after pull request #{number} merged"
+    landed = reader.commit(merge)
+    if landed is not None and len(landed.parents) > 1 and commit.sha != merge:
+        return f"pull request #{number}'s merge commit {merge[:7]} did not change {path}; commit {_describe_commit(commit)} did"
+    fork = pull.merge_base
+    if not fork:
+        return f"the forge gives no merge base for pull request #{number}: cannot tell what its diff showed"
+    if not reader.ensure_commit(fork, number):
+        return f"pull request #{number}'s merge base {fork[:7]} is not in the ops repository"
+    if reader.is_ancestor(commit.sha, fork):
+        return f"commit {_describe_commit(commit)} was on {primary_branch} before pull request #{number} forked; its diff never showed {path}"
+    if reader.content_at(fork, path) == content:
+        return f"pull request #{number} did not change {path} (the same content was at its merge base {fork[:7]})"
     return None
-
-
-def _number_in_message(message: str) -> int | None:
-    """The pull request number a merge or squash message suggests; a hint, never a proof."""
-    match = _MERGE_MESSAGE.match(message)
-    if match is None:
-        first_line = message.split("\n", 1)[0]
-        match = _SQUASH_MESSAGE.search(first_line)
-    return int(match.group(1)) if match else None
-
-
-def _branch(ref: str) -> str:
-    return ref.removeprefix("refs/heads/")
-
-
-def _describe_commit(commit: CommitInfo) -> str:
-    return commit.sha[:7] + (f" by {commit.author}" if commit.author else "")
 
 
 # --------------------------------------------------------------------------- approval
@@ -287,17 +313,22 @@ def _review_order(review: Review) -> tuple[datetime, int]:
     return (at, review.id)
 
 
+def _reviewer_key(review: Review) -> str:
+    """A reviewer is a user id when the forge gives one (logins can be renamed), else the login."""
+    return f"#{review.user_id}" if review.user_id else review.user.casefold()
+
+
 def latest_decisive(reviews: list[Review]) -> dict[str, Review]:
-    """For each reviewer (by login, case-insensitively), their latest ``APPROVED``/``REQUEST_CHANGES``."""
+    """For each reviewer, their latest ``APPROVED``/``REQUEST_CHANGES`` review."""
     latest: dict[str, Review] = {}
     for review in sorted(reviews, key=_review_order):
         if review.state in DECISIVE and review.user:
-            latest[review.user.casefold()] = review
+            latest[_reviewer_key(review)] = review
     return latest
 
 
-def _review_problem(review: Review, pull: PullRequest, reader: GateReader) -> str | None:
-    """Why this reviewer's latest decisive review does not approve ``pull``, or None."""
+def _review_problem(review: Review, pull: PullRequest, path: str, content: bytes, commit: CommitInfo, reader: GateReader) -> str | None:
+    """Why this reviewer's latest decisive review does not approve ``content``, or None."""
     who = review.user
     if review.state != "APPROVED":
         return f"{who}'s latest review requests changes"
@@ -309,51 +340,110 @@ def _review_problem(review: Review, pull: PullRequest, reader: GateReader) -> st
         return f"approval by the author ({who}) does not count"
     if _same_user(who, reader.own_login):
         return f"approval by the reconciler's own user ({who}) does not count"
-    if not reader.is_admin(who):
-        return f"{who}'s approval does not count: {who} is not an admin"
+    if not reader.is_admin(who, review.user_id):
+        return f"{who}'s approval does not count: {who} is neither a site admin nor an admin of the ops repository"
+    seen = review.commit_id
+    if not seen:
+        return f"{who}'s approval names no commit, so what {who} saw is unknown"
+    if not reader.ensure_commit(seen, pull.number):
+        return f"{who} approved commit {seen[:7]}, which the ops repository cannot fetch"
+    at_review = reader.content_at(seen, path)
+    if at_review != content:
+        state = "had no such file" if at_review is None else "held other content"
+        return f"{who} approved commit {seen[:7]}, where {path} {state}: the content on main was never approved"
+    if reader.is_ancestor(commit.sha, seen) and not (pull.head_sha and reader.is_ancestor(commit.sha, pull.head_sha)):
+        return f"{who} approved commit {seen[:7]}, whose history holds commit {commit.sha[:7]} that pull request #{pull.number} did not bring"
     return None
 
 
-def _merger_problem(pull: PullRequest, reader: GateReader) -> str | None:
+def _merger_problem(pull: PullRequest, path: str, content: bytes, commit: CommitInfo, reader: GateReader) -> str | None:
     """Why the merger does not approve ``pull``, or None."""
     merger = pull.merged_by
+    if not reader.merger_approves:
+        return "approval by the merger is turned off (RECONCILER_MERGER_APPROVES)"
     if not merger:
         return "the forge does not say who merged it"
     if _same_user(merger, pull.author):
         return f"merged by the author ({merger}), which does not count"
     if _same_user(merger, reader.own_login):
         return f"merged by the reconciler's own user ({merger}), which does not count"
-    if not reader.is_admin(merger):
-        return f"merged by {merger}, who is not an admin"
+    if not reader.is_admin(merger, pull.merged_by_id):
+        return f"merged by {merger}, who is neither a site admin nor an admin of the ops repository"
+    merge = pull.merge_commit_sha or ""
+    landed = reader.commit(merge)
+    if landed is None or len(landed.parents) != 2 or commit.sha != merge:
+        return f"merged by {merger}, but not with a merge commit that brought {path} (only a true merge vouches for its merger)"
+    if not pull.head_sha or landed.parents[1] != pull.head_sha:
+        return f"merged by {merger}, but the merge commit's second parent is not the pull request's head"
+    if reader.content_at(pull.head_sha, path) != content:
+        return f"merged by {merger}, but {path} at the pull request's head differs from the merge"
+    events = set(reader.timeline_types(pull.number))
+    scheduled = events.intersection(MERGER_DISQUALIFIERS)
+    if scheduled:
+        return f"merged by {merger} through a scheduled auto-merge, which merges whatever was pushed after"
+    if "merge_pull" not in events:
+        return f"the timeline shows no merge by {merger} (a manual-merge marking or migration names a merger who merged nothing)"
+    created = reader.repo_created_at()
+    if created and pull.merged_at and _instant(pull.merged_at) < _instant(created):
+        return f"merged by {merger} before the repository was created here (a migration copies merged_by)"
     return None
 
 
-def _judge_pull(pull: PullRequest, reader: GateReader) -> Approval | str:
-    """An admin's latest decisive review approves, else an admin merger; else the reasons."""
+def _judge_pull(pull: PullRequest, path: str, content: bytes, commit: CommitInfo, reader: GateReader) -> Approval | str:
+    """An admin's latest decisive review of this content approves, else an admin merger; else the reasons."""
     reasons: list[str] = []
     latest = sorted(latest_decisive(reader.reviews(pull.number)).values(), key=_review_order, reverse=True)
     for review in latest:
-        problem = _review_problem(review, pull, reader)
+        problem = _review_problem(review, pull, path, content, commit, reader)
         if problem is None:
-            return _approval(pull, review.user, "review")
+            return _approval(pull, review.user, "review", review.commit_id)
         reasons.append(problem)
     if not latest:
         reasons.append("no reviewer approved it")
-    problem = _merger_problem(pull, reader)
+    problem = _merger_problem(pull, path, content, commit, reader)
     if problem is None and pull.merged_by:
-        return _approval(pull, pull.merged_by, "merger")
+        return _approval(pull, pull.merged_by, "merger", pull.head_sha)
     reasons.append(problem or "the forge does not say who merged it")
     return f"pull request #{pull.number} has no valid admin approval: " + "; ".join(reasons)
 
 
-def _approval(pull: PullRequest, approver: str, via: Literal["review", "merger"]) -> Approval:
+def _approval(pull: PullRequest, approver: str, via: Literal["review", "merger"], seen: str) -> Approval:
     return Approval(
         pull_number=pull.number,
         merge_commit=pull.merge_commit_sha or "",
         approver=approver,
         via=via,
         author=pull.author,
+        reviewed_commit=seen,
     )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _number_in_message(message: str) -> int | None:
+    """The pull request number a merge or squash message suggests; a hint, never a proof."""
+    match = _MERGE_MESSAGE.match(message)
+    if match is None:
+        first_line = message.split("\n", 1)[0]
+        match = _SQUASH_MESSAGE.search(first_line)
+    return int(match.group(1)) if match else None
+
+
+def _branch(ref: str) -> str:
+    return ref.removeprefix("refs/heads/")
+
+
+def _describe_commit(commit: CommitInfo) -> str:
+    return commit.sha[:7] + (f" by {commit.author}" if commit.author else "")
+
+
+def _instant(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.max.replace(tzinfo=timezone.utc)
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from reconciler.clients.errors import NotFoundError
 from reconciler.facts import CommitInfo, PullRequest, Review
 from reconciler.ports import ForgeAPI, OpsRepoAPI
 
@@ -16,7 +17,8 @@ from reconciler.ports import ForgeAPI, OpsRepoAPI
 class GateReaderAdapter:
     """Implements ``reconciler.gate.GateReader`` over an ops repo head and a forge client."""
 
-    def __init__(self, ops: OpsRepoAPI, forge: ForgeAPI, repo: str, head: str) -> None:
+    def __init__(self, ops: OpsRepoAPI, forge: ForgeAPI, repo: str, head: str, *, merger_approves: bool = True) -> None:
+        self.merger_approves = merger_approves
         self._ops = ops
         self._forge = forge
         self._repo = repo
@@ -60,6 +62,30 @@ class GateReaderAdapter:
             return self._cached(("history", path), lambda: self._ops.commits(shas) if shas else [])  # type: ignore[attr-defined]
         return self._cached(("history", path), lambda: self._ops.history(self._head, path))
 
+    def after(self, sha: str, limit: int) -> list[str]:
+        return self._cached(("after", sha, limit), lambda: self._ops.first_parents_after(self._head, sha, limit))
+
+    def commit(self, sha: str) -> CommitInfo | None:
+        def look() -> CommitInfo | None:
+            try:
+                return self._ops.commit(sha)
+            except NotFoundError:
+                return None
+
+        return self._cached(("commit", sha), look)
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        return self._cached(("is-anc", a, b), lambda: self._ops.is_ancestor(a, b))
+
+    def ensure_commit(self, sha: str, pull_number: int) -> bool:
+        return self._cached(("ensure", sha), lambda: self._ops.ensure_commit(sha, pull_number))
+
+    def timeline_types(self, number: int) -> list[str]:
+        return self._cached(("timeline", number), lambda: self._forge.timeline_types(self._repo, number))
+
+    def repo_created_at(self) -> str:
+        return self._cached(("created",), lambda: self._forge.repo_created_at(self._repo))
+
     def content_at(self, sha: str, path: str) -> bytes | None:
         return self._cached(("content", sha, path), lambda: self._ops.read(sha, path))
 
@@ -75,5 +101,5 @@ class GateReaderAdapter:
     def reviews(self, number: int) -> list[Review]:
         return self._cached(("reviews", number), lambda: self._forge.reviews(self._repo, number))
 
-    def is_admin(self, login: str) -> bool:
-        return self._cached(("admin", login), lambda: self._forge.is_admin(login))
+    def is_admin(self, login: str, user_id: int = 0) -> bool:
+        return self._cached(("admin", login, user_id), lambda: self._forge.is_admin(login, user_id, repo=self._repo))

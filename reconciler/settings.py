@@ -58,6 +58,10 @@ class ForgeSettings:
     ops_repo: str | None = None
     repo: str | None = None
     admin_users: tuple[str, ...] = ("vault-bot", "admin")
+    """Names expected to be admins. They grant nothing: an approval counts only from a user the
+    forge confirms is a site admin or an admin of the ops repo; ``doctor`` lists names that are not."""
+    merger_approves: bool = True
+    """Whether an admin who merged a pull request with a true merge commit may stand in for a review."""
     pr_comments: bool = False
     """Comment on an action's pull request when its result is reported (audit on the forge)."""
     timeout: float = 10.0
@@ -216,6 +220,7 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "FORGE_REPO": ("forge", "repo", str),
     "FORGE_ADMIN_USERS": ("forge", "admin_users", _list_or_csv),
     "RECONCILER_PR_COMMENTS": ("forge", "pr_comments", _bool),
+    "RECONCILER_MERGER_APPROVES": ("forge", "merger_approves", _bool),
     "OPS_REPO_ROOT": ("ops", "root", Path),
     "OPS_REPO_REMOTE": ("ops", "remote", str),
     "PRIMARY_BRANCH": ("ops", "primary_branch", str),

@@ -143,7 +143,8 @@ def _reader(ctx: Context, head: str) -> GateReaderAdapter:
     """One gate reader per head and pass: many actions merged together ask the forge once."""
     assert ctx.forge is not None
     forge, repo = ctx.forge, ctx.settings.forge.ops_repo or ""
-    return ctx.cached(("reader", head), lambda: GateReaderAdapter(ctx.ops, forge, repo, head))
+    merger = ctx.settings.forge.merger_approves
+    return ctx.cached(("reader", head), lambda: GateReaderAdapter(ctx.ops, forge, repo, head, merger_approves=merger))
 
 
 def _tier_for(ctx: Context, action: actions.Action) -> tuple[str, str]:

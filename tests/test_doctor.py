@@ -172,3 +172,38 @@ def test_token_files_are_read_when_settings_name_them(factory, tmp_path):
     code, lines = doctor(replace(settings, vault=missing))
     assert code == 1
     assert any(line.startswith("FAIL vault token file unusable") and "VAULT_TOKEN_FILE" in line for line in lines), lines
+
+
+def test_listed_admins_that_do_not_qualify_are_reported(factory):
+    """FORGE_ADMIN_USERS names that are neither site admins nor repo admins, and the reconciler's own user."""
+    factory.forge.add_user("vault-bot")  # anyone may register the name
+    factory.forge.add_user("rita")
+    factory.forge.add_collaborator("factory/ops", "rita", "admin")
+    settings = factory.settings()
+    settings = replace(settings, forge=replace(settings.forge, admin_users=("vault-bot", "rita", "reconciler", "ghost")))
+    code, lines = doctor(settings)
+    assert code == 1
+    bad = failures(lines)
+    assert any("FORGE_ADMIN_USERS lists vault-bot, who is neither a site admin nor an admin of factory/ops" in line for line in bad), bad
+    assert any("FORGE_ADMIN_USERS lists ghost" in line for line in bad), bad
+    assert any("reconciler, the reconciler's own user" in line for line in bad), bad
+    assert "ok   forge rita is an admin of factory/ops (its approvals count)" in lines
+    assert len(bad) == 3, bad
+
+
+def test_missing_token_scopes_are_named_per_feature(factory):
+    forge = factory.forge
+    token = forge.new_token("reconciler", scopes=["read:user"])
+    settings = factory.settings(sidecars=True)
+    settings = replace(settings, forge=replace(settings.forge, token=token))
+    code, lines = doctor(settings)
+    assert code == 1
+    bad = failures(lines)
+    assert any("FORGE_TOKEN lacks scope read:repository, needed for the approval gate" in line for line in bad), bad
+    assert any("FORGE_TOKEN lacks scope read:issue, needed for sidecars" in line for line in bad), bad
+    assert any("FORGE_TOKEN lacks scope write:issue" in line for line in bad), bad
+    assert token not in "\n".join(lines)
+    # with every scope the same checks pass, and nothing was written by the write:issue probe
+    full = replace(settings, forge=replace(settings.forge, token=forge.new_token("reconciler")))
+    code, lines = doctor(full)
+    assert "ok   forge FORGE_TOKEN has scope write:issue (sidecar failure comments)" in lines, lines

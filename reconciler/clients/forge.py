@@ -8,9 +8,12 @@ here, as the plain values of :mod:`reconciler.facts`. What the module knows abou
   separate merge-user field, and this module never reads one.
 * ``GET /repos/{o}/{r}/commits/{sha}/pull`` answers only for a *merge commit*; 404 becomes
   ``None``. A merge-commit message is typed text and is never parsed here.
-* ``is_admin`` is shown truthfully only to a site admin (or the user themself), so user
-  look-ups use ``FORGE_ADMIN_TOKEN``; a non-admin token would make every answer "no",
-  which fails closed and is logged once.
+* An admin is a site admin or a user with ``admin`` permission on the ops repository
+  (``GET .../collaborators/{user}/permission``). ``is_admin`` and other users' permissions are
+  shown truthfully only to a site admin (or a repo admin, or the user themself), so these
+  look-ups use ``FORGE_ADMIN_TOKEN``; a token that cannot see them makes every answer "no",
+  which fails closed and is logged once. ``FORGE_ADMIN_USERS`` grants nothing: a login can
+  be registered or renamed to by anyone, so answers are checked against the user's id.
 * Lists are paginated (``limit`` capped by the server, 50 by default), some with ``Link``,
   some with only ``X-Total-Count``: every page is fetched until the total is reached or a
   page comes back empty, never by trusting one page's length.
@@ -65,7 +68,13 @@ class Forge(Protocol):
 
     def reviews(self, repo: str, number: int) -> list[Review]: ...
 
-    def is_admin(self, login: str) -> bool: ...
+    def is_admin(self, login: str, user_id: int = 0, *, repo: str | None = None) -> bool: ...
+
+    def repo_permission(self, repo: str, login: str) -> str: ...
+
+    def timeline_types(self, repo: str, number: int) -> list[str]: ...
+
+    def repo_created_at(self, repo: str) -> str: ...
 
     def issues(
         self, repo: str, *, state: str = "open", labels: Iterable[str] = (), since: str | datetime | None = None
@@ -117,7 +126,7 @@ class ForgeClient:
         self._admin_token = settings.admin_token or self._token
         separate = bool(settings.admin_token) and settings.admin_token != settings.token
         self._admin_var = "FORGE_ADMIN_TOKEN" if separate else "FORGE_TOKEN"
-        self._admin_users = frozenset(u.lower() for u in settings.admin_users)
+        self._ops_repo = settings.ops_repo
         self._timeout = settings.timeout
         self._session = session or requests.Session()
         self._clock = clock
@@ -127,8 +136,9 @@ class ForgeClient:
         self._backoff = backoff
         self._lock = threading.Lock()
         self._own_login: str | None = None
-        self._admin_cache: dict[str, tuple[bool, float]] = {}
+        self._admin_cache: dict[tuple[str, str], tuple[bool, int, float]] = {}
         self._admin_token_checked = False
+        self._permission_refused_logged = False
         self._known_repos: set[str] = set()
 
     # -- verbs ------------------------------------------------------------------------------
@@ -186,31 +196,98 @@ class ForgeClient:
         rows = self._get_all(f"{_repo_path(repo)}/pulls/{int(number)}/reviews", what=f"reviews of {repo}#{number}")
         return [_review_from(row, self._shown) for row in rows]
 
-    def is_admin(self, login: str) -> bool:
-        """Whether ``login`` may approve: listed in ``FORGE_ADMIN_USERS`` or a site admin.
+    def is_admin(self, login: str, user_id: int = 0, *, repo: str | None = None) -> bool:
+        """Whether ``login`` may approve: a site admin, or an ``admin`` of ``repo`` (default: the ops repo).
 
-        Site admins are looked up with ``FORGE_ADMIN_TOKEN`` and remembered for a short
-        while; an unknown user is not an admin.
+        ``FORGE_ADMIN_USERS`` grants nothing by itself: a listed name counts only when the forge
+        confirms it (``reconciler doctor`` lists those that do not). With ``user_id``, the login
+        must still belong to that user: a renamed admin's old name, registered by someone
+        else, is not an admin. Answers are remembered for a short while, with the user's id.
         """
-        key = login.lower()
-        if key in self._admin_users:
-            return True
+        repo = repo or self._ops_repo
+        key = (login.lower(), repo or "")
         now = self._clock()
         with self._lock:
             cached = self._admin_cache.get(key)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is None or cached[2] <= now:
+            answer, found_id = self._admin_answer(login, repo)
+            with self._lock:
+                self._admin_cache[key] = (answer, found_id, now + self._admin_ttl)
+        else:
+            answer, found_id = cached[0], cached[1]
+        if user_id and found_id != user_id:
+            return False
+        return answer
+
+    def _admin_answer(self, login: str, repo: str | None) -> tuple[bool, int]:
+        """(site admin or repo admin, the user's id); (False, 0) for an unknown user."""
         self._check_admin_token()
         what = f"user {login}"
         try:
             data = self._object(self._get(f"/users/{quote(login, safe='')}", what=what, admin=True), what)
         except NotFoundError:
-            answer = False
-        else:
-            answer = data.get("is_admin") is True and str(data.get("login", "")).lower() == key
-        with self._lock:
-            self._admin_cache[key] = (answer, now + self._admin_ttl)
-        return answer
+            return False, 0
+        if str(data.get("login", "")).lower() != login.lower():
+            return False, 0
+        found_id = data.get("id") if isinstance(data.get("id"), int) else 0
+        if data.get("is_admin") is True:
+            return True, found_id
+        if repo:
+            return self.repo_permission(repo, login) == "admin", found_id
+        return False, found_id
+
+    def repo_permission(self, repo: str, login: str) -> str:
+        """``admin``, ``write``, ``read`` or ``none``: what ``login`` may do in ``repo``.
+
+        Forgejo shows another user's permission only to a site admin or an admin of the
+        repository, so this asks with the admin token. An unknown user is ``none``.
+        """
+        what = f"{login}'s permission on {repo}"
+        try:
+            data = self._object(
+                self._get(f"{_repo_path(repo)}/collaborators/{quote(login, safe='')}/permission", what=what, admin=True), what
+            )
+        except NotFoundError:
+            self._require_repo(repo)
+            return "none"
+        except PermanentError as exc:
+            if "403" not in str(exc):
+                raise
+            # Forgejo: "Only admins can query all permissions, repo admins can query all repo permissions,
+            # collaborators can query only their own". Fails closed: nobody is a repo admin, said once.
+            if not self._permission_refused_logged:
+                self._permission_refused_logged = True
+                log.warning(
+                    "%s may not read other users' permissions on %s (%s): only site admins count as admins; "
+                    "give %s a site admin's or a repo admin's token",
+                    self._admin_var, repo, exc, self._admin_var,
+                )
+            return "none"
+        permission = str(data.get("permission") or "none").lower()
+        if permission == "owner":
+            return "admin"
+        return permission if permission in ("admin", "write", "read") else "none"
+
+    def timeline_types(self, repo: str, number: int) -> list[str]:
+        """The ``type`` of every event on issue or pull request ``number`` (all pages)."""
+        path, what = f"{_repo_path(repo)}/issues/{int(number)}/timeline", f"timeline of {repo}#{number}"
+        types: list[str] = []
+        # Forgejo's timeline gives X-Total-Count = the page's own length, no Link, and null for an
+        # empty page (routers/api/v1/repo/issue_comment.go ListIssueCommentsAndTimeline): read until short.
+        for page in range(1, MAX_PAGES + 1):
+            resp = self._get(path, what=f"{what} (page {page})", params={"page": page, "limit": PAGE_LIMIT})
+            data = self._json(resp, what)
+            rows = [] if data is None else self._list(resp, what)
+            types.extend(str(row.get("type") or "") for row in rows)
+            if len(rows) < PAGE_LIMIT:
+                return types
+        raise PermanentError(f"forge at {self._shown} returned more than {MAX_PAGES} pages of {what}", system=SYSTEM)
+
+    def repo_created_at(self, repo: str) -> str:
+        """When ``repo`` was created on this forge (RFC 3339); a migrated one: when it was migrated."""
+        what = f"repository {repo}"
+        data = self._object(self._get(_repo_path(repo), what=what), what)
+        return str(data.get("created_at") or "")
 
     def issues(
         self,
@@ -299,7 +376,7 @@ class ForgeClient:
         if data.get("is_admin") is not True:
             log.warning(
                 "%s belongs to %s, who is not a site admin of %s: the forge hides is_admin from it, "
-                "so only FORGE_ADMIN_USERS count as admins",
+                "so only admins of the ops repository (collaborator permission) count as admins",
                 self._admin_var,
                 data.get("login", "?"),
                 self._shown,
@@ -385,9 +462,12 @@ class ForgeClient:
         if status == 401:
             raise PermanentError(f"forge token rejected by {self._shown}: check {variable}", system=SYSTEM)
         if status == 403:
+            if "scope" in message:
+                hint = f"give {variable} the scope(s) named (Forgejo: Settings > Applications > access tokens)"
+            else:
+                hint = f"check {variable} and its user's permissions"
             raise PermanentError(
-                f"forge token rejected by {self._shown} for {what} (403 {message}): "
-                f"check {variable} and its permissions",
+                f"forge token rejected by {self._shown} for {what} (403 {message}): {hint}",
                 system=SYSTEM,
             )
         if status == 404:
@@ -441,6 +521,12 @@ def _login(user: Any) -> str | None:
     return None
 
 
+def _user_id(user: Any) -> int:
+    if isinstance(user, dict) and isinstance(user.get("id"), int) and not isinstance(user.get("id"), bool):
+        return int(user["id"])
+    return 0
+
+
 def _pull_from(data: dict[str, Any], shown: str) -> PullRequest:
     """A :class:`PullRequest` from ``GET .../pulls/{n}``: author ``user``, merger ``merged_by``."""
     try:
@@ -459,6 +545,8 @@ def _pull_from(data: dict[str, Any], shown: str) -> PullRequest:
             head_sha=str(head.get("sha") or ""),
             merged_at=data.get("merged_at") or None,
             title=str(data.get("title") or ""),
+            merge_base=str(data.get("merge_base") or ""),
+            merged_by_id=_user_id(data.get("merged_by")) if merged else 0,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(f"forge at {shown} sent a pull request without {exc}", system=SYSTEM) from exc
@@ -475,6 +563,7 @@ def _review_from(data: dict[str, Any], shown: str) -> Review:
             official=data.get("official") is True,
             commit_id=str(data.get("commit_id") or ""),
             submitted_at=str(data.get("submitted_at") or ""),
+            user_id=_user_id(data.get("user")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PermanentError(f"forge at {shown} sent a review without {exc}", system=SYSTEM) from exc

@@ -190,7 +190,7 @@ class LocalCluster:
             vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token),
             forge=ForgeSettings(
                 url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
-                ops_repo=OPS_REPO, admin_users=("vault-bot", "admin"), repo=PROJECT_REPO if sidecars else None,
+                ops_repo=OPS_REPO, admin_users=("admin",), repo=PROJECT_REPO if sidecars else None,
             ),
             ops=OpsRepoSettings(root=ops_root or self.workdir / "ops-clone", remote=self.bare.resolve().as_uri()),
             store=StoreSettings(db=db or self.workdir / "state" / "reconciler.db"),
@@ -210,6 +210,7 @@ class LocalCluster:
             "FORGE_TOKEN": s.forge.token or "",
             "FORGE_ADMIN_TOKEN": s.forge.admin_token or "",
             "FORGE_OPS_REPO": OPS_REPO,
+            "FORGE_ADMIN_USERS": ",".join(s.forge.admin_users),
             "OPS_REPO_ROOT": str(s.ops.root),
             "OPS_REPO_REMOTE": s.ops.remote or "",
             "FACTORY_ROOT": str(self.factory_root),

@@ -86,6 +86,7 @@ def test_own_login_is_the_token_owner_asked_once(forge: ForgeDouble, client: For
 def test_pull_reads_author_and_merger_from_user_and_merged_by(forge: ForgeDouble, client: ForgeClient) -> None:
     number = forge.open_pull(OPS, author="bob", title="add action", files={"vault/actions/a.toml": b"id = 'a'\n"})
     opened = client.pull(OPS, number)
+    assert opened is not None and opened.merge_base == forge.head(OPS), "merge_base: the fork point the diff shows"
     assert opened == PullRequest(
         number=number,
         state="open",
@@ -98,12 +99,14 @@ def test_pull_reads_author_and_merger_from_user_and_merged_by(forge: ForgeDouble
         head_sha=forge.head(OPS, f"pr-{number}") or "",
         merged_at=None,
         title="add action",
+        merge_base=opened.merge_base,
     )
     sha = forge.merge(OPS, number, merger="alice")
     merged = client.pull(OPS, number)
     assert merged is not None
     assert (merged.state, merged.merged, merged.author, merged.merged_by) == ("closed", True, "bob", "alice")
     assert merged.merge_commit_sha == sha and merged.merged_at
+    assert merged.merged_by_id == forge.user_id("alice")
 
 
 def test_pull_is_none_when_missing_or_an_issue(forge: ForgeDouble, client: ForgeClient) -> None:
@@ -189,10 +192,46 @@ def test_reviews_of_a_missing_pull_request_are_not_found(client: ForgeClient) ->
 # -- is_admin -------------------------------------------------------------------------------------------
 
 
-def test_is_admin_trusts_forge_admin_users_without_asking(forge: ForgeDouble, client: ForgeClient) -> None:
-    assert client.is_admin("admin") is True
-    assert client.is_admin("Vault-Bot") is True
-    assert forge.calls_to("GET", r"/api/v1/users/.*") == []
+def test_forge_admin_users_grant_nothing_the_forge_does_not_confirm(forge: ForgeDouble, client: ForgeClient) -> None:
+    """FORGE_ADMIN_USERS=vault-bot,admin: any name but Forgejo's reserved ones can be registered."""
+    forge.add_user("admin")  # the double lets tests take a reserved name; a plain user either way
+    assert client.is_admin("admin") is False
+    assert client.is_admin("Vault-Bot") is False
+    assert len(forge.calls_to("GET", r"/api/v1/users/.*")) == 2
+
+
+def test_is_admin_counts_admins_of_the_ops_repo(forge: ForgeDouble, client: ForgeClient) -> None:
+    forge.add_user("carol")
+    forge.add_user("dan")
+    forge.add_collaborator(OPS, "carol", "admin")
+    forge.add_collaborator(OPS, "dan", "write")
+    assert client.is_admin("carol") is True
+    assert client.is_admin("dan") is False
+    assert client.repo_permission(OPS, "dan") == "write"
+    assert client.repo_permission(OPS, OPS.split("/")[0]) == "admin", "Forgejo says 'owner'"
+    assert client.repo_permission(OPS, "nobody-at-all") == "none"
+
+
+def test_is_admin_is_tied_to_the_user_id(forge: ForgeDouble, client: ForgeClient, clock: FakeClock) -> None:
+    """A renamed admin's old login, registered by someone else, is not the admin it was."""
+    forge.add_user("erin")
+    forge.add_collaborator(OPS, "erin", "admin")
+    old_id = forge.user_id("erin")
+    assert client.is_admin("erin", old_id) is True
+    forge.rename_user("erin", "erin2")
+    forge.register_user("erin")
+    clock.now += 61
+    assert client.is_admin("erin", old_id) is False
+    assert client.is_admin("erin2", old_id) is True
+
+
+def test_timeline_types_read_every_page(forge: ForgeDouble, client: ForgeClient) -> None:
+    number = forge.open_pull(OPS, author="bob", title="t", files={"t.txt": b"t"})
+    for i in range(60):
+        forge.add_comment(OPS, number, user="bob", body=f"c{i}")
+    forge.schedule_merge(OPS, number, by="alice")
+    types = client.timeline_types(OPS, number)
+    assert types.count("comment") == 60 and "pull_scheduled_merge" in types
 
 
 def test_is_admin_asks_with_the_admin_token_and_remembers_briefly(
