@@ -29,7 +29,7 @@ from reconciler.actions import (
 )
 from reconciler.settings import DEFAULT_SECRETS, ActionSettings
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent.parent / "reconciler" / "demo"
 SAMPLES = sorted((FIXTURES / "ops-repo" / "vault" / "actions").glob("*.toml"))
 SETTINGS = ActionSettings(factory_root=FIXTURES)
 

@@ -56,3 +56,37 @@ def test_render_without_markers_is_an_error():
     gen = _generator()
     with pytest.raises(gen.MarkersMissing):
         gen.render("no markers here")
+
+
+def test_the_repository_stands_alone():
+    """README, docs/ and the package point at nothing outside the repository."""
+    offenders = []
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "reconciler").rglob("*.py")]:
+        if "../shared" in path.read_text(encoding="utf-8"):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_every_setting_is_documented_in_the_contract():
+    from reconciler.settings import _KEYS
+
+    text = (ROOT / "docs" / "interface.md").read_text(encoding="utf-8")
+    assert [k for k in _KEYS if f"`{k}`" not in text] == []
+
+
+def test_docs_links_resolve():
+    import re
+
+    for doc in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_shell_completion_is_generated():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_RECONCILER_COMPLETE": "bash_source"}
+    out = subprocess.run([sys.executable, "-m", "reconciler"], env=env, capture_output=True, text=True, timeout=30)
+    assert "_reconciler_completion" in out.stdout, out.stdout + out.stderr

@@ -253,7 +253,7 @@ def test_direct_push_without_dispatch_mode(forge: World) -> None:
 
 def test_direct_push_rejected_by_authorize(forge: World) -> None:
     forge.commit({PATH: V1}, "add release")
-    action = parse_action("release-v120.toml", V1, ActionSettings(factory_root=Path("/work/shared/fixtures")))
+    action = parse_action("release-v120.toml", V1, ActionSettings(factory_root=Path(__file__).resolve().parent.parent / "reconciler" / "demo"))
     with pytest.raises(GateRejected, match="no merged pull request into main"):
         authorize(action, PATH, V1, "high", Reader(forge), primary_branch="main")
 

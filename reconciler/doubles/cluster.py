@@ -11,7 +11,7 @@ all three exercise the same setup:
 * a Nomad double whose ``vault-runner`` parent job is registered from
   ``jobspecs/vault-runner.hcl`` itself; in ``exec`` mode it runs the real
   runner entry step as a local process for each allocation;
-* a factory root with the formulas of ``shared/fixtures`` (or the project's
+* a factory root with the sample formulas (the project's
   own copy under ``reconciler/demo``).
 """
 
@@ -71,11 +71,10 @@ def jobspec_path(name: str = "vault-runner.hcl") -> Path:
 
 
 def fixtures_dir() -> Path:
-    """The project's own copy of ``shared/fixtures`` (``reconciler/demo``), else ``shared/fixtures`` beside the checkout."""
-    for candidate in (DEMO_DATA, PACKAGE_ROOT.parent.parent / "shared" / "fixtures"):
-        if (candidate / "formulas").is_dir():
-            return candidate
-    raise FileNotFoundError("no fixtures: neither ../shared/fixtures nor reconciler/demo holds formulas/")
+    """The sample ops repo, formulas and projects shipped with the package (``reconciler/demo``)."""
+    if (DEMO_DATA / "formulas").is_dir():
+        return DEMO_DATA
+    raise FileNotFoundError(f"no sample data: {DEMO_DATA} holds no formulas/ (is the package installed completely?)")
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
