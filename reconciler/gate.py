@@ -247,11 +247,14 @@ def _approve_version(path: str, content: bytes, commit: CommitInfo, reader: Gate
 def _candidates(commit: CommitInfo, reader: GateReader) -> list[tuple[int, PullRequest | None]]:
     """Pull requests worth asking about, in order: named by the forge, then by the message."""
     found: dict[int, PullRequest | None] = {}
-    for sha in [commit.sha, *reader.after(commit.sha, LANDING_WINDOW)]:
-        pull = reader.pull_for_commit(sha)
-        if pull is not None:
-            found.setdefault(pull.number, pull)
-            break  # the first pull request landing at or after the change is the one that can have brought it
+    pull = reader.pull_for_commit(commit.sha)
+    if pull is None:  # a rebase or fast-forward: the forge names only the last commit it landed
+        for sha in reader.after(commit.sha, LANDING_WINDOW):
+            pull = reader.pull_for_commit(sha)
+            if pull is not None:
+                break  # the first pull request landing after the change is the one that can have brought it
+    if pull is not None:
+        found[pull.number] = pull
     named = _number_in_message(commit.message)
     if named is not None and named not in found:
         found[named] = reader.pull(named)
