@@ -178,6 +178,8 @@ class Reconciler:
         summary.duration = time.monotonic() - started
         ctx.observe("pass_duration", summary.duration)
         ctx.observe("set_runs_by_state", ctx.store.counts())
+        if ctx.metrics is not None:
+            ctx.observe("set_oldest_by_state", ctx.store.oldest_by_state())
         return summary
 
     def _report(self, head: str | None, *, wait_marks: bool = True) -> tuple[list[str], list[str]]:

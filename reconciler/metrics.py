@@ -71,8 +71,29 @@ class Metrics:
         )
         self._runs = Gauge("reconciler_runs", "Runs in the store, by state.", ["state"], registry=r)
         self._leader = Gauge("reconciler_leader", "1 while this process holds the leader lock, else 0.", registry=r)
+        self._oldest = Gauge(
+            "reconciler_run_oldest_age_seconds", "Seconds the oldest run in each non-terminal state has been in it.",
+            ["state"], registry=r,
+        )
+        self._revocation_failures = Counter(
+            "reconciler_claim_revocation_failures",
+            "Claim or wrapping token revocations that failed: a token may be alive past its run's collection.",
+            registry=r,
+        )
+        self._result_push_failures = Counter(
+            "reconciler_result_push_failures", "Result pushes to the ops remote that failed (after their retries).", registry=r,
+        )
+        self._watch_up = Gauge(
+            "reconciler_watch_up", "1 while a watch (nomad allocations, ops remote) works, 0 while it fails.", ["watch"], registry=r,
+        )
+        for system in ("nomad", "vault", "forge", "git"):
+            self._external_errors.labels(system=system)  # exported at 0 from the start, so alerts and panels see it
+        for watch in ("nomad", "remote"):
+            self._watch_up.labels(watch=watch).set(1)
         for state in State:
             self._runs.labels(state=state.value).set(0)
+            if state.value != "reported":
+                self._oldest.labels(state=state.value).set(0)
 
     # -- what the loop records -----------------------------------------------------
     def transition(self, kind: str, transition: str, from_state: str | None, to_state: str) -> None:
@@ -108,6 +129,23 @@ class Metrics:
         for name, n in counts.items():
             if name not in State._value2member_map_:
                 self._runs.labels(state=str(name)).set(int(n))
+
+    def set_oldest_by_state(self, since: Mapping[str, float]) -> None:
+        """The oldest ``state_since`` (Unix time) per non-terminal state; states absent are 0 s old."""
+        now = self._clock()
+        for state in State:
+            if state.value != "reported":
+                at = since.get(state.value)
+                self._oldest.labels(state=state.value).set(max(0.0, now - at) if at is not None else 0.0)
+
+    def set_watch_up(self, watch: str, up: bool) -> None:
+        self._watch_up.labels(watch=str(watch)).set(1 if up else 0)
+
+    def revocation_failed(self) -> None:
+        self._revocation_failures.inc()
+
+    def result_push_failed(self) -> None:
+        self._result_push_failures.inc()
 
     def set_leader(self, leader: bool) -> None:
         self._leader.set(1 if leader else 0)

@@ -69,6 +69,7 @@ def report_ready(
         outcome = ctx.ops.push_files(files, message)
     except (TransientError, PermanentError) as exc:
         why = f"reported locally, push to ops remote failing: {exc}"
+        ctx.observe("result_push_failed")
         for run in owners.values():
             ctx.store.update(run.id, {"waiting": why, "failures": run.failures + 1})
             run_log(run).warning("%s", why)

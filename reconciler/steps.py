@@ -237,7 +237,11 @@ def revoke_claim(ctx: Context, run: RunRecord) -> None:
     ctx.claims.pop(run.id, None)
 
     def revoke(accessor: str) -> None:
-        ctx.vault.revoke_accessor(accessor)
+        try:
+            ctx.vault.revoke_accessor(accessor)
+        except Exception:
+            ctx.observe("revocation_failed")
+            raise
         ctx.revoked.add(accessor)
 
     live = [a for a in (run.token_accessor, run.wrapping_accessor) if a and a not in ctx.revoked]

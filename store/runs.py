@@ -335,6 +335,14 @@ class RunStore:
         rows = self._tuples("select state, count(*) from runs group by state")
         return {state: n for state, n in rows}
 
+    def oldest_by_state(self) -> dict[str, float]:
+        """For each non-terminal state, the Unix time its oldest run entered it (for the stuck-run alert)."""
+        values = [s.value for s in ACTIVE]
+        rows = self._tuples(
+            f"select state, min(state_since) from runs where state in ({','.join('?' * len(values))}) group by state", values
+        )
+        return {state: parse_rfc3339(since) for state, since in rows if since}
+
     def in_flight(self) -> int:
         values = [s.value for s in IN_FLIGHT]
         return int(self._tuples(f"select count(*) from runs where state in ({','.join('?' * len(values))})", values)[0][0])
