@@ -140,9 +140,9 @@ def cli(ctx: click.Context, config: Path | None, verbose: int, log_format: str) 
     byte for byte, the file at the commit an admin's latest decisive APPROVED review
     names, in a pull request the forge confirms merged into PRIMARY_BRANCH (any merge
     style). Admins are site admins or users with admin permission on the ops repo;
-    FORGE_ADMIN_USERS grants nothing the forge does not confirm. Failing a review, an
-    admin who merged with a true merge commit counts (RECONCILER_MERGER_APPROVES=false
-    turns that off). `direct` mode: low tier, no secrets, no mounts only.
+    FORGE_ADMIN_USERS grants nothing the forge does not confirm. With
+    RECONCILER_MERGER_APPROVES=true (off by default), an admin who merged with a true
+    merge commit counts failing a review. `direct` mode: low tier, no secrets, no mounts only.
     """
     ctx.ensure_object(dict)["config"] = config
     _setup_logging(verbose, log_format)

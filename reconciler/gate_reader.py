@@ -17,7 +17,7 @@ from reconciler.ports import ForgeAPI, OpsRepoAPI
 class GateReaderAdapter:
     """Implements ``reconciler.gate.GateReader`` over an ops repo head and a forge client."""
 
-    def __init__(self, ops: OpsRepoAPI, forge: ForgeAPI, repo: str, head: str, *, merger_approves: bool = True) -> None:
+    def __init__(self, ops: OpsRepoAPI, forge: ForgeAPI, repo: str, head: str, *, merger_approves: bool = False) -> None:
         self.merger_approves = merger_approves
         self._ops = ops
         self._forge = forge

@@ -60,8 +60,12 @@ class ForgeSettings:
     admin_users: tuple[str, ...] = ("vault-bot", "admin")
     """Names expected to be admins. They grant nothing: an approval counts only from a user the
     forge confirms is a site admin or an admin of the ops repo; ``doctor`` lists names that are not."""
-    merger_approves: bool = True
-    """Whether an admin who merged a pull request with a true merge commit may stand in for a review."""
+    merger_approves: bool = False
+    """Whether an admin who merged a pull request with a true merge commit may stand in for a review.
+
+    Off by default: Forgejo also records as "merged by" an admin whose e-mail a pushed merge
+    commit merely names (auto-detected manual merges), which the API cannot tell apart from a
+    merge the admin performed. Safe to turn on only where nobody can push to the primary branch."""
     pr_comments: bool = False
     """Comment on an action's pull request when its result is reported (audit on the forge)."""
     timeout: float = 10.0

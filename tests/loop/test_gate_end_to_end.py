@@ -68,7 +68,7 @@ def test_case3_scheduled_auto_merge_is_no_merger_approval(cluster, tmp_path):
     forge.commit_direct(OPS_REPO, author="alice", branch=f"pr-{number}", message="swap", files={_path("gate-c3"): action_toml("gate-c3", timeout_minutes=7)})
     forge.run_scheduled_merges(OPS_REPO)
     assert forge.pull_json(OPS_REPO, number)["merged_by"]["login"] == "admin"
-    _service(cluster, tmp_path, "c3").until_idle()
+    _service(cluster, tmp_path, "c3", RECONCILER_MERGER_APPROVES="true").until_idle()  # even with the merger path on
     assert "scheduled auto-merge" in _rejected(cluster, "gate-c3")
 
 
@@ -181,12 +181,13 @@ def test_case8_every_merge_style_is_approved_and_dispatched_once(cluster, tmp_pa
 
 
 def test_results_name_the_path_that_approved(cluster, tmp_path):
-    """A true merge by an admin with no review: approved via the merger, and the result says so."""
+    """A true merge by an admin with no review: approved via the merger when that path is on, and the
+    result says so; off (the default), the same merge approves nothing."""
     number, _ = cluster.merge_action("gate-merger", action_toml("gate-merger"), approver=None, merger="admin")
-    _service(cluster, tmp_path, "merger").until_idle()
+    _service(cluster, tmp_path, "merger", RECONCILER_MERGER_APPROVES="true").until_idle()
     res = result(cluster, "gate-merger")
     assert res and res["exit_code"] == 0 and res["approved_via"] == "merger" and res["approver"] == "admin", res
     off = "gate-merger-off"
     cluster.merge_action(off, action_toml(off), approver=None, merger="admin")
-    _service(cluster, tmp_path, "merger-off", RECONCILER_MERGER_APPROVES="false").until_idle()
+    _service(cluster, tmp_path, "merger-off").until_idle()
     assert "turned off" in _rejected(cluster, off)
