@@ -54,10 +54,21 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         store=store,
         nomad=NomadClient(settings.nomad, session=nomad_session),
         vault=VaultClient(settings.vault, session=vault_session),
-        ops=OpsRepo(settings.ops, remote),
+        ops=OpsRepo(settings.ops, remote, auth=git_auth(settings, remote)),
         forge=forge,
         clock=clock,
     )
+
+
+def git_auth(settings: Settings, remote: str | None) -> Any:
+    """The forge token for git (``GIT_ASKPASS``), from the same source as the API client's."""
+    from reconciler.clients.git_env import GitAuth
+    from reconciler.credentials import TokenSource
+
+    source = TokenSource.of(settings.forge.token, settings.forge.token_file, what="FORGE_TOKEN_FILE")
+    if source is None or not remote:
+        return None
+    return GitAuth(remote, settings.forge.url, source, token_file=settings.forge.token_file)
 
 
 def build_reconciler(settings: Settings, clock: Callable[[], float] = time.time) -> Reconciler:

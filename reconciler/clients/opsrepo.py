@@ -89,6 +89,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Mapping, Sequence
 
+from reconciler.clients.git_env import GitAuth, clean_env
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.facts import CommitInfo
 from reconciler.settings import OpsRepoSettings
@@ -133,6 +134,7 @@ _CONFIG = (
     "advice.detachedHead=false",
     "gc.autoDetach=false",  # no background gc outliving us while holding locks we would clean
     "maintenance.autoDetach=false",
+    "credential.helper=",  # no configured helper (``store``) may copy the askpass token to disk
 )
 
 # Half-done operations a killed git (or a human) may leave in a git dir.
@@ -221,6 +223,29 @@ def _error_class(output: str) -> type[ReconcilerError]:
     if any(p in low for p in _PERMANENT_PHRASES):
         return PermanentError
     return TransientError
+
+
+def credential_hint(output: str, *, write: bool) -> str:
+    """What a refusal by the forge means, naming the missing permission ("" when it is not one).
+
+    Forgejo answers git over HTTP (``routers/web/repo/githttp.go``) with 401 for a token it does
+    not know, a bare 403 ``Forbidden`` for a token without the repository scope, and 404
+    ``Repository not found`` to a user who may not read (or, for a push, write) the repository:
+    git's own message names none of these, so the hint does.
+    """
+    low = output.lower()
+    if any(p in low for p in ("authentication failed", "could not read username", "could not read password", "terminal prompts disabled")):
+        return (
+            "; the forge did not accept the token (FORGE_TOKEN or FORGE_TOKEN_FILE is wrong, revoked or missing, "
+            "or the remote is not on FORGE_URL): git needs a forge token with scope read:repository to fetch "
+            "and write:repository to push"
+        )
+    if "returned error: 403" in low:
+        scope = "write:repository" if write else "read:repository"
+        return f"; the forge token lacks the {scope} scope (or is public-only and the repository is private): mint one with {scope}"
+    if write and ("not found" in low or "returned error: 404" in low):
+        return "; the token's user lacks write permission on the ops repo (Forgejo answers 404): make it a collaborator with write access"
+    return ""
 
 
 def _is_push_race(output: str) -> bool:
@@ -485,6 +510,7 @@ class OpsRepo:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         env: Mapping[str, str] | None = None,
+        auth: GitAuth | None = None,
     ) -> None:
         if not remote:
             raise PermanentError("no ops repo remote configured; set OPS_REPO_REMOTE", system=SYSTEM)
@@ -498,6 +524,7 @@ class OpsRepo:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._env = self._make_env(os.environ if env is None else env)
+        self._auth = auth
         self._ready_done = False
         self._setup_lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -517,9 +544,8 @@ class OpsRepo:
     # ----------------------------------------------------------------- plumbing
 
     def _make_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in base.items() if k not in _SCRUBBED_ENV}
+        env = {k: v for k, v in clean_env(base).items() if k not in _SCRUBBED_ENV}
         env.update(
-            GIT_TERMINAL_PROMPT="0",
             LC_ALL="C",
             LANG="C",
             GIT_LITERAL_PATHSPECS="1",
@@ -556,7 +582,7 @@ class OpsRepo:
                 stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**self._env, **(env or {})},
+                env={**self._env, **(self._auth.env() if self._auth else {}), **(env or {})},
                 # Own session: no terminal to prompt on (ssh), and a Ctrl-C meant for the
                 # reconciler does not kill a push half-way.
                 start_new_session=True,
@@ -584,7 +610,7 @@ class OpsRepo:
 
     def _failure(self, what: str, proc: subprocess.CompletedProcess[bytes]) -> ReconcilerError:
         message = self._output(proc)
-        return _error_class(message)(f"{what} failed: {message}", system=SYSTEM)
+        return _error_class(message)(f"{what} failed: {message}{credential_hint(message, write=False)}", system=SYSTEM)
 
     def _ready(self) -> None:
         """Prepare the clone on first use (once, even when many threads start together)."""
@@ -638,7 +664,7 @@ class OpsRepo:
             if proc.returncode != 0:
                 message = self._output(proc)
                 raise _error_class(message)(
-                    f"cannot clone ops repo from {redact(self._remote)}: {message}; check OPS_REPO_REMOTE",
+                    f"cannot clone ops repo from {redact(self._remote)}: {message}{credential_hint(message, write=False)}; check OPS_REPO_REMOTE",
                     system=SYSTEM,
                 )
             try:
@@ -780,6 +806,8 @@ class OpsRepo:
         if self._cat is not None:
             self._cat.close()
             self._cat = None
+        if self._auth is not None:
+            self._auth.close()  # its private directory is made again on the next git command
         with self._write_lock:
             for fd in (self._lock_fd, self._writer_fd):
                 if fd is not None:
@@ -847,7 +875,8 @@ class OpsRepo:
             if proc.returncode != 0:
                 message = self._output(proc)
                 raise _error_class(message)(
-                    f"cannot fetch {self._branch} from {redact(self._remote)}: {message}", system=SYSTEM
+                    f"cannot fetch {self._branch} from {redact(self._remote)}: {message}{credential_hint(message, write=False)}",
+                    system=SYSTEM,
                 )
             self._head = self._rev_parse(self._tracking)
             return self._head
@@ -1363,7 +1392,9 @@ class OpsRepo:
         refused_by_server = "[remote rejected]" in output.lower()
         if (_is_push_race(output) and not refused_by_server) or self._remote_ref_race(output):
             return output
-        raise _error_class(output)(f"git push to {redact(self._remote)} failed: {output}", system=SYSTEM)
+        raise _error_class(output)(
+            f"git push to {redact(self._remote)} failed: {output}{credential_hint(output, write=True)}", system=SYSTEM
+        )
 
     @staticmethod
     def _remote_ref_race(output: str) -> bool:
@@ -1374,4 +1405,4 @@ class OpsRepo:
         )
 
 
-__all__ = ["OpsRepo", "PushOutcome", "redact", "REMOTE"]
+__all__ = ["OpsRepo", "PushOutcome", "redact", "credential_hint", "REMOTE"]

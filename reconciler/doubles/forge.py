@@ -102,6 +102,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode
 
+from reconciler.doubles.forge_git import install_git_http
 from reconciler.doubles.http import DoubleServer, Request, Response
 
 API = "/api/v1"
@@ -373,7 +374,10 @@ class ForgeDouble(DoubleServer):
         self._redirects: dict[str, _User] = {}
         self._repos: dict[str, _Repo] = {}
         self._ids = itertools.count(1)
+        self.git_throttle_bytes_per_second: float | None = None
+        """Slow git smart HTTP replies to this rate (a slow link); None: full speed."""
         self._install_routes()
+        install_git_http(self)
         self._httpd.handle_error = self._handle_socket_error  # type: ignore[method-assign]
 
     def start(self) -> "ForgeDouble":
