@@ -18,6 +18,7 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> Ru
 def build_context(settings: Settings, store: RunStore, clock: Callable[[], float] = time.time) -> Context:
     from reconciler.clients.forge import ForgeClient
     from reconciler.clients.nomad import NomadClient
+    from reconciler.clients.git_env import git_auth
     from reconciler.clients.opsrepo import OpsRepo
     from reconciler.clients.vault import VaultClient
 
@@ -58,17 +59,6 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         forge=forge,
         clock=clock,
     )
-
-
-def git_auth(settings: Settings, remote: str | None) -> Any:
-    """The forge token for git (``GIT_ASKPASS``), from the same source as the API client's."""
-    from reconciler.clients.git_env import GitAuth
-    from reconciler.credentials import TokenSource
-
-    source = TokenSource.of(settings.forge.token, settings.forge.token_file, what="FORGE_TOKEN_FILE")
-    if source is None or not remote:
-        return None
-    return GitAuth(remote, settings.forge.url, source, token_file=settings.forge.token_file)
 
 
 def build_reconciler(settings: Settings, clock: Callable[[], float] = time.time) -> Reconciler:

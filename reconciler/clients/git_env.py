@@ -33,10 +33,13 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["GitAuth", "clean_env", "origin_of", "ISOLATION", "MIN_GIT_VERSION", "parse_git_version"]
+if TYPE_CHECKING:  # pragma: no cover
+    from reconciler.settings import Settings
+
+__all__ = ["git_auth", "GitAuth", "clean_env", "origin_of", "ISOLATION", "MIN_GIT_VERSION", "parse_git_version"]
 
 MIN_GIT_VERSION = (2, 32)
 """``GIT_CONFIG_GLOBAL`` needs git 2.32; ``--diff-merges=first-parent`` needs 2.31."""
@@ -175,3 +178,14 @@ class GitAuth:
 
     def __repr__(self) -> str:
         return f"GitAuth(origin={self._origin}, active={self.active})"
+
+
+def git_auth(settings: "Settings", remote: str | None) -> GitAuth | None:
+    """The forge token for git, from the same source as the API client's (``FORGE_TOKEN_FILE``
+    wins over ``FORGE_TOKEN``); None without a token or a remote."""
+    from reconciler.credentials import TokenSource
+
+    source = TokenSource.of(settings.forge.token, settings.forge.token_file, what="FORGE_TOKEN_FILE")
+    if source is None or not remote:
+        return None
+    return GitAuth(remote, settings.forge.url, source, token_file=settings.forge.token_file)
