@@ -351,6 +351,7 @@ class DoubleServer:
                 for k, v in resp.headers.items():
                     self.send_header(k, v)
                 self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")  # said, so a client does not reuse it (git's chunked pushes cannot rewind)
                 self.end_headers()
                 try:
                     for chunk in resp.chunks:
