@@ -211,3 +211,25 @@ def test_an_unscoped_token_names_the_missing_permission_and_loses_nothing(tmp_pa
             store.close()
     finally:
         cluster.stop()
+
+
+def test_a_file_remote_still_works(tmp_path):
+    """``OPS_REPO_REMOTE=file://...`` (the forge's repository reached directly): reported, no askpass."""
+    cluster = LocalCluster(tmp_path / "factory", ops_transport="file").start()
+    try:
+        settings = cluster.settings(db=tmp_path / "state" / "r.db", ops_root=tmp_path / "ops")
+        assert settings.ops.remote == cluster.file_remote
+        action_id, toml = next(iter(cluster.sample_actions().items()))
+        cluster.merge_action(action_id, toml)
+        store = RunStore(settings.store.db, time.time)
+        ctx = build_context(settings, store)
+        reconciler = Reconciler(ctx)
+        try:
+            _until_idle(reconciler, store)
+        finally:
+            reconciler.close()
+            store.close()
+        assert cluster.remote_file(f"vault/actions/{action_id}.result.json") is not None
+        assert not any(c.path.endswith(("info/refs", "git-receive-pack")) for c in cluster.forge.calls)
+    finally:
+        cluster.stop()
