@@ -269,6 +269,18 @@ def _is_missing_on_remote(output: str) -> bool:
     return any(p in low for p in _MISSING_ON_REMOTE)
 
 
+def _incoming_bytes(git_dir: Path) -> int:
+    """Bytes of incoming packs (``index-pack`` writes ``objects/pack/tmp_pack_*``; a push received
+    is ``objects/incoming-*``): it grows while a fetch or clone receives data."""
+    total = 0
+    objects = git_dir / "objects"
+    for pattern in ("pack/tmp_*", "incoming-*/pack/tmp_*", "pack/*.pack"):
+        for path in objects.glob(pattern):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
+
+
 def _check_path(path: str) -> str:
     """A repository-relative file path to *write*: safe on a ``fast-import`` line or an index entry."""
     if any(c in path for c in "\n\r"):
@@ -506,6 +518,7 @@ class OpsRepo:
         remote: str,
         *,
         timeout: float = 60.0,
+        max_transfer_seconds: float = 6 * 3600.0,
         stale_lock_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -520,6 +533,8 @@ class OpsRepo:
         self._branch = settings.primary_branch
         self._tracking = f"refs/remotes/{REMOTE}/{self._branch}"
         self._timeout = timeout
+        self.max_transfer_seconds = max_transfer_seconds
+        """Longest a clone or fetch may run while it still receives data (``timeout`` bounds silence)."""
         self._stale = stale_lock_seconds
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -572,8 +587,15 @@ class OpsRepo:
         cwd: Path | None = None,
         check: bool = True,
         what: str | None = None,
+        transfer: Path | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run one git command; on failure (with ``check``) raise a classified error."""
+        """Run one git command; on failure (with ``check``) raise a classified error.
+
+        ``transfer`` (the git dir a fetch writes into) makes ``timeout`` a limit on *silence*
+        rather than on the whole command: a clone of a large repository over a slow link runs
+        as long as it keeps receiving data (the incoming pack ``objects/pack/tmp_pack_*``
+        grows, or git writes output), up to ``max_transfer_seconds``.
+        """
         what = what or f"git {args[0]}"
         argv = self._argv(args, cwd)
         try:
@@ -590,7 +612,10 @@ class OpsRepo:
         except OSError as exc:
             raise PermanentError(f"cannot run git ({exc}); is git installed?", system=SYSTEM) from exc
         try:
-            out, err = child.communicate(input, timeout=self._timeout)
+            if transfer is None:
+                out, err = child.communicate(input, timeout=self._timeout)
+            else:
+                out, err = self._communicate_while_progressing(child, input, transfer, what)
         except subprocess.TimeoutExpired as exc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)  # git and its helpers (ssh, remote-http)
@@ -600,6 +625,35 @@ class OpsRepo:
         if check and proc.returncode != 0:
             raise self._failure(what, proc)
         return proc
+
+    def _communicate_while_progressing(
+        self, child: subprocess.Popen[bytes], input: bytes | None, git_dir: Path, what: str
+    ) -> tuple[bytes, bytes]:
+        """``communicate`` with a deadline that moves while the transfer progresses."""
+        result: dict[str, tuple[bytes, bytes]] = {}
+        reader = threading.Thread(target=lambda: result.setdefault("out", child.communicate(input)), daemon=True)
+        reader.start()
+        started = last_progress = time.monotonic()
+        seen = _incoming_bytes(git_dir)
+        poll = min(1.0, max(0.05, self._timeout / 10))
+        while True:
+            reader.join(poll)
+            if not reader.is_alive():
+                return result["out"]
+            now = time.monotonic()
+            size = _incoming_bytes(git_dir)
+            if size != seen:
+                seen, last_progress = size, now
+            if now - last_progress > self._timeout:
+                why = f"after {self._timeout:g}s without receiving data"
+            elif now - started > self.max_transfer_seconds:
+                why = f"after {self.max_transfer_seconds:g}s, still transferring (max_transfer_seconds)"
+            else:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # git and its helpers (ssh, remote-http)
+            reader.join()  # returns once the killed processes' pipes close
+            raise TransientError(f"{what} timed out {why}", system=SYSTEM)
 
     @staticmethod
     def _output(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -660,7 +714,7 @@ class OpsRepo:
             self._run(["init", "--bare", "--quiet", str(tmp)], cwd=parent)
             self._run(["symbolic-ref", "HEAD", f"refs/heads/{self._branch}"], cwd=tmp)
             self._run(["remote", "add", "-t", self._branch, REMOTE, self._remote], cwd=tmp)
-            proc = self._run(self._fetch_args(), cwd=tmp, check=False)
+            proc = self._run(self._fetch_args(), cwd=tmp, check=False, transfer=tmp)
             if proc.returncode != 0:
                 message = self._output(proc)
                 raise _error_class(message)(
@@ -776,8 +830,8 @@ class OpsRepo:
         """Fetch the primary branch's whole history (``git fetch --unshallow``), or refuse with how to fix it."""
         log.warning("ops repo clone %s is shallow; fetching its full history (git fetch --unshallow)", self._root)
         args = self._fetch_args()
-        args.insert(1, "--unshallow")
-        proc = self._run(args, check=False)
+        args.insert(args.index("fetch") + 1, "--unshallow")
+        proc = self._run(args, check=False, transfer=self._git_dir)
         if proc.returncode == 0 and not self._is_shallow():
             self._head = self._rev_parse(self._tracking)
             return
@@ -857,6 +911,10 @@ class OpsRepo:
 
     def _fetch_args(self) -> list[str]:
         return [
+            # Every fetched object lands in a pack (never unpacked loose): the incoming pack's growth
+            # is how a long transfer shows it is progressing.
+            "-c",
+            "fetch.unpackLimit=1",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -871,7 +929,7 @@ class OpsRepo:
         with self._writing():
             if self._shallow_marked() and self._is_shallow():  # made shallow behind our back
                 self._unshallow()
-            proc = self._run(self._fetch_args(), check=False)
+            proc = self._run(self._fetch_args(), check=False, transfer=self._git_dir)
             if proc.returncode != 0:
                 message = self._output(proc)
                 raise _error_class(message)(
