@@ -939,6 +939,11 @@ class OpsRepo:
             self._head = self._rev_parse(self._tracking)
             return self._head
 
+    @property
+    def remote_is_local(self) -> bool:
+        """True for a ``file://`` URL or a path: polling it costs no network round trip."""
+        return "://" not in self._remote or self._remote.startswith("file://")
+
     def remote_head(self) -> str | None:
         """The remote branch's sha without fetching (``git ls-remote``); None if it does not exist."""
         self._ready()

@@ -233,3 +233,35 @@ def test_a_file_remote_still_works(tmp_path):
         assert not any(c.path.endswith(("info/refs", "git-receive-pack")) for c in cluster.forge.calls)
     finally:
         cluster.stop()
+
+
+def test_ls_remote_wakeups_over_https_are_at_most_one_per_interval(tmp_path):
+    """Idle service, ops remote over smart HTTP, interval 2 s: for 6 s the forge sees one fetch per
+    interval and no ls-remote poll on top (a file:// remote keeps its 1 s poll)."""
+    cluster = LocalCluster(tmp_path / "factory").start()
+    try:
+        settings = cluster.settings(db=tmp_path / "state" / "r.db", ops_root=tmp_path / "ops", interval=2.0)
+        store = RunStore(settings.store.db, time.time)
+        reconciler = Reconciler(build_context(settings, store))
+        assert reconciler.ctx.ops.remote_is_local is False
+        stop = threading.Event()
+        server = threading.Thread(target=reconciler.serve, args=(stop,), daemon=True)
+        try:
+            server.start()
+            time.sleep(2.0)  # settle: clone, first pass
+            before = len(cluster.forge.calls_to("GET", r"/factory/ops(\.git)?/info/refs"))
+            time.sleep(6.0)
+            after = len(cluster.forge.calls_to("GET", r"/factory/ops(\.git)?/info/refs"))
+        finally:
+            stop.set()
+            reconciler.wake()
+            server.join(30)
+            reconciler.close()
+            store.close()
+        advertisements = after - before
+        assert advertisements >= 1, "no fetch at all: the test measures nothing"
+        # No ls-remote poll over HTTPS; the loop's fetch, once per 2 s interval (+1 for timing), each one
+        # GET answered 401 and the same GET with the token.
+        assert advertisements <= 2 * (6 // 2 + 1), advertisements
+    finally:
+        cluster.stop()
