@@ -21,7 +21,8 @@ Crash safety
     Otherwise (a neighbour is alive) it waits for the writer lock below, so no neighbour is
     mid-fetch or mid-push, and removes only leftovers older than ``stale_lock_seconds``
     (protection against a git run by hand in the same clone). A killed clone leaves only a
-    hidden sibling directory, removed later: the clone is renamed into place when complete.
+    hidden sibling directory holding the history steps already fetched, which the next attempt
+    resumes from: the clone is renamed into place when complete.
 
 Concurrency
     One instance may be used from many threads: reads share one long-lived
@@ -519,6 +520,7 @@ class OpsRepo:
         *,
         timeout: float = 60.0,
         max_transfer_seconds: float = 6 * 3600.0,
+        clone_step: int = 500,
         stale_lock_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -534,6 +536,8 @@ class OpsRepo:
         self._tracking = f"refs/remotes/{REMOTE}/{self._branch}"
         self._timeout = timeout
         self.max_transfer_seconds = max_transfer_seconds
+        self.clone_step = clone_step
+        """Commits fetched per step of a first clone (each finished step survives a restart)."""
         """Longest a clone or fetch may run while it still receives data (``timeout`` bounds silence)."""
         self._stale = stale_lock_seconds
         self._sleep = sleep
@@ -705,30 +709,63 @@ class OpsRepo:
         self._ready_done = True
 
     def _clone(self) -> None:
-        """Clone into a sibling temporary directory, then rename: a killed clone leaves no half repo at root."""
+        """Clone into a hidden sibling directory, then rename: a killed clone leaves no half repo at root.
+
+        The history arrives in steps - the head commit first, then ``clone_step`` commits deeper
+        at a time (``fetch --deepen``), until it is complete - and each step that finished stays
+        in the sibling ``.<root>.cloning``: a restart resumes from there instead of starting from
+        zero (git cannot resume one interrupted pack, so only the step under way is lost).
+        Processes cloning at once take turns on ``.<root>.cloning.flock``.
+        """
         parent = self._root.parent
         parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_clones(parent)
-        tmp = parent / f".{self._root.name}.cloning-{uuid.uuid4().hex[:12]}"
+        staging = parent / f".{self._root.name}.cloning"
+        lock_fd = os.open(parent / f".{self._root.name}.cloning.flock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._run(["init", "--bare", "--quiet", str(tmp)], cwd=parent)
-            self._run(["symbolic-ref", "HEAD", f"refs/heads/{self._branch}"], cwd=tmp)
-            self._run(["remote", "add", "-t", self._branch, REMOTE, self._remote], cwd=tmp)
-            proc = self._run(self._fetch_args(), cwd=tmp, check=False, transfer=tmp)
-            if proc.returncode != 0:
-                message = self._output(proc)
-                raise _error_class(message)(
-                    f"cannot clone ops repo from {redact(self._remote)}: {message}{credential_hint(message, write=False)}; check OPS_REPO_REMOTE",
-                    system=SYSTEM,
-                )
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if self._root.exists() and (self._root / "HEAD").exists():
+                log.info("another process cloned %s first; using its clone", self._root)
+                return
+            if (staging / "HEAD").exists():
+                log.info("resuming the interrupted clone of the ops repo in %s", staging)
+                self._run(["remote", "set-url", REMOTE, self._remote], cwd=staging)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+                self._run(["init", "--bare", "--quiet", str(staging)], cwd=parent)
+                self._run(["symbolic-ref", "HEAD", f"refs/heads/{self._branch}"], cwd=staging)
+                self._run(["remote", "add", "-t", self._branch, REMOTE, self._remote], cwd=staging)
+            self._fetch_history_in_steps(staging)
             try:
-                os.rename(tmp, self._root)  # atomic; replaces an empty directory, never a full one
+                os.rename(staging, self._root)  # atomic; replaces an empty directory, never a full one
             except OSError:
                 if not (self._root / "HEAD").exists():
                     raise
                 log.info("another process cloned %s first; using its clone", self._root)
+                shutil.rmtree(staging, ignore_errors=True)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(lock_fd)
+
+    def _fetch_history_in_steps(self, staging: Path) -> None:
+        """Fetch the primary branch into ``staging``: head first, then ``clone_step`` commits per step."""
+        has_tip = self._run(["rev-parse", "--verify", "--quiet", self._tracking], cwd=staging, check=False).returncode == 0
+        while True:
+            shallow = (staging / "shallow").exists()
+            if has_tip and not shallow:
+                return  # complete
+            args = self._fetch_args()
+            args.insert(args.index("fetch") + 1, f"--deepen={self.clone_step}" if has_tip else "--depth=1")
+            proc = self._run(args, cwd=staging, check=False, transfer=staging)
+            if proc.returncode != 0:
+                message = self._output(proc)
+                if not has_tip:
+                    shutil.rmtree(staging, ignore_errors=True)  # nothing arrived: nothing to resume
+                raise _error_class(message)(
+                    f"cannot clone ops repo from {redact(self._remote)}: {message}{credential_hint(message, write=False)}; "
+                    "check OPS_REPO_REMOTE (history steps already fetched are kept: the next attempt resumes)",
+                    system=SYSTEM,
+                )
+            has_tip = True
 
     def _remove_stale_clones(self, parent: Path) -> None:
         cutoff = time.time() - max(self._stale, self._timeout)

@@ -7,7 +7,9 @@ The double serves the repository through real ``git http-backend``
 
 from __future__ import annotations
 
+import gzip
 import os
+import subprocess
 import time
 
 import pytest
@@ -87,3 +89,54 @@ def test_a_token_without_read_scope_names_read_repository(forge, tmp_path):
             repo.ensure_ready()
     finally:
         repo.close()
+
+
+def test_an_interrupted_first_clone_resumes_instead_of_starting_over(tmp_path):
+    """The clone arrives head first, then ``clone_step`` commits per step; a failure after the
+    first steps keeps them, and the next attempt asks only for the rest (its first request
+    names the shallow boundary it already has)."""
+    f = ForgeDouble().start()
+    try:
+        f.add_user("reconciler")
+        f.add_repo("factory/ops", tmp_path / "ops.git", private=True)
+        f.add_collaborator("factory/ops", "reconciler", "write")
+        for n in range(12):
+            f.commit_direct("factory/ops", author="reconciler", files={f"f{n}.bin": os.urandom(20_000)}, message=f"c{n}")
+        posts = []
+
+        def third_and_later(req):
+            if not req.path.endswith("git-upload-pack") or req.method != "POST":
+                return False
+            posts.append(req)
+            return len(posts) >= 3  # the head step (--depth=1: ls-refs and fetch POSTs) gets through, every deepen step fails
+
+        f.faults.set_rate(1.0, kinds=("error",), match=third_and_later)
+        token = f.token_for("reconciler")
+        first = ops(f, tmp_path, token, timeout=10, clone_step=4)
+        with pytest.raises(TransientError):
+            first.ensure_ready()
+        first.close()
+        staging = tmp_path / ".clone.cloning"
+        assert (staging / "shallow").exists(), "the finished steps were not kept"
+        kept = subprocess.run(["git", "--git-dir", str(staging), "rev-list", "--count", "refs/remotes/origin/main"],
+                              capture_output=True, text=True).stdout.strip()
+        assert 1 <= int(kept) < 12  # some history kept, not all of it
+
+        f.faults.clear()
+        seen = len(f.calls)
+        again = ops(f, tmp_path, token, timeout=10, clone_step=4)
+        try:
+            again.ensure_ready()
+            assert again.read(again.head(), "f0.bin") is not None  # the full history arrived
+            assert subprocess.run(["git", "--git-dir", str(tmp_path / "clone"), "rev-parse", "--is-shallow-repository"],
+                                  capture_output=True, text=True).stdout.strip() == "false"
+        finally:
+            again.close()
+        resumed = [c for c in f.calls[seen:] if c.method == "POST" and c.path.endswith("git-upload-pack")]
+        bodies = [gzip.decompress(c.body) if c.headers.get("content-encoding") == "gzip" else c.body for c in resumed]
+        fetches = [b for b in bodies if b"command=fetch" in b]
+        assert fetches and b"shallow " in fetches[0], "the second attempt did not build on what the first one fetched"
+        assert b"deepen-relative" in fetches[0] and b"deepen 4" in fetches[0]
+        assert not staging.exists()
+    finally:
+        f.stop()
