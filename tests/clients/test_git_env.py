@@ -15,10 +15,12 @@ def test_secrets_and_foreign_config_are_stripped_and_isolation_added():
         "VAULT_TOKEN": "s.x", "NOMAD_TOKEN": "n", "FORGE_TOKEN": "f", "FORGE_TOKEN_FILE": "/run/t",
         "GITHUB_TOKEN": "g", "AWS_SECRET_ACCESS_KEY": "a", "DB_PASSWORD": "p",
         "GIT_ASKPASS": "/usr/bin/ksshaskpass", "GIT_CONFIG_KEY_0": "url.x.insteadOf", "GIT_CONFIG_VALUE_0": "y",
+        "GIT_TRACE_CURL": "1", "GIT_CURL_VERBOSE": "1",
     })
     assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/r" and env["SSH_AUTH_SOCK"] == "/tmp/agent"
     for gone in ("VAULT_TOKEN", "NOMAD_TOKEN", "FORGE_TOKEN", "FORGE_TOKEN_FILE", "GITHUB_TOKEN",
-                 "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "GIT_ASKPASS", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0"):
+                 "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "GIT_ASKPASS", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0",
+                 "GIT_TRACE_CURL", "GIT_CURL_VERBOSE"):
         assert gone not in env, gone
     assert env["GIT_CONFIG_GLOBAL"] == os.devnull and env["GIT_CONFIG_NOSYSTEM"] == "1"
     assert env["GIT_NO_REPLACE_OBJECTS"] == "1" and env["GIT_TERMINAL_PROMPT"] == "0"
