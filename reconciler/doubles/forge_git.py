@@ -165,7 +165,8 @@ class _GitHTTP:
         if protocol:
             env["GIT_PROTOCOL"] = protocol
         proc = subprocess.Popen(
-            ["git", "http-backend"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+            ["git", "http-backend"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # a repository hook that signals its session never reaches the test process
         )
         feeder = threading.Thread(target=_feed, args=(proc, data), daemon=True)
         feeder.start()
