@@ -435,7 +435,7 @@ def _forge_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
         if not repo:
             yield Check(False, "forge", f"{var} is not set", f"set {var} to owner/name of the ops repo")
             continue
-        yield _repo_check(http, base, shown, headers, repo, login, fs.timeout)
+        yield _repo_check(http, base, shown, headers, repo, login, fs.timeout, need_push=var == "FORGE_OPS_REPO")
     yield from _scope_checks(settings, http, base, shown, login)
     if fs.ops_repo:
         yield from _admin_checks(settings, client, login)
@@ -503,7 +503,12 @@ def _admin_checks(settings: Settings, client: Any, login: str) -> Iterator[Check
             )
 
 
-def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str, str], repo: str, login: str, timeout: float) -> Check:
+def _repo_check(
+    http: requests.Session, base: str, shown: str, headers: dict[str, str], repo: str, login: str, timeout: float, *, need_push: bool = False
+) -> Check:
+    """The repository is readable by the token's user; for the ops repo also pushable by it
+    (``permissions.push`` of ``GET /repos/{o}/{r}``: a Forgejo whose git supports proc-receive
+    checks write permission only in the pre-receive hook, which ``git push --dry-run`` never reaches)."""
     reply = _get(http, f"{base}/api/v1/repos/{repo}", headers=headers, timeout=timeout)
     if isinstance(reply, str):
         return Check(False, "forge", f"stopped answering at {shown} ({reply})", "check Forgejo")
@@ -516,6 +521,16 @@ def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str
         )
     if reply.status_code != 200:
         return Check(False, "forge", f"cannot read repo {repo} at {shown}: {_body_text(reply)}", f"give {login} read access to {repo}")
+    if need_push:
+        try:
+            push = bool(((reply.json() or {}).get("permissions") or {}).get("push"))
+        except ValueError:
+            push = True  # no JSON: the git push probe below still tells
+        if not push:
+            return Check(
+                False, "forge", f"repo {repo} readable by {login}, who may not push to it: results cannot be pushed",
+                f"make {login} a collaborator of {repo} with write access",
+            )
     return Check(True, "forge", f"repo {repo} readable by {login}")
 
 

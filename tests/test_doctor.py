@@ -252,3 +252,15 @@ def test_doctor_refuses_a_git_older_than_the_minimum(factory, tmp_path, monkeypa
     code, lines = doctor(factory.settings())
     assert code == 1
     assert any(line.startswith("FAIL git version 2.30.2 is older than 2.32") for line in lines), lines
+
+
+def test_doctor_names_a_user_who_may_read_but_not_push_the_ops_repo(factory):
+    factory.forge.add_collaborator("factory/ops", "reconciler", "read")
+    try:
+        code, lines = doctor(factory.settings())
+        assert code == 1
+        bad = failures(lines)
+        assert any(line.startswith("FAIL forge repo factory/ops readable by reconciler, who may not push") for line in bad), bad
+        assert any(line.startswith("FAIL git") and "refuses pushes" in line and "write permission" in line for line in bad), bad
+    finally:
+        factory.forge.add_collaborator("factory/ops", "reconciler", "write")
