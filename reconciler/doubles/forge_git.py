@@ -37,7 +37,7 @@ import os
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from reconciler.doubles.http import Request, Response, StreamingResponse
 
@@ -91,7 +91,7 @@ class _GitHTTP:
         if denied is not None:
             return denied
         assert repo is not None
-        return self._backend(req, repo, login, f"/info/refs", "")
+        return self._backend(req, repo, login, "/info/refs", b"")
 
     def rpc(self, req: Request, service: str) -> Response:
         repo, login, denied = self._authorize(req, push=service == "git-receive-pack")
@@ -100,8 +100,7 @@ class _GitHTTP:
         assert repo is not None
         if req.header("content-type") != f"application/x-{service}-request":
             return Response.text("Unauthorized", 401)  # serviceRPC: wrong Content-Type
-        reply = self._backend(req, repo, login, f"/{service}", req.body)
-        return reply
+        return self._backend(req, repo, login, f"/{service}", req.body)
 
     def dumb(self, req: Request) -> Response:
         return Response.text("the Forgejo double does not implement git's dumb HTTP protocol", 501)
@@ -141,8 +140,7 @@ class _GitHTTP:
             return repo, (viewer.login if viewer else None), None
 
     # -- git http-backend -----------------------------------------------------------------------
-    def _backend(self, req: Request, repo: "_Repo", login: str | None, path: str, body: bytes | str) -> Response:
-        data = body if isinstance(body, bytes) else b""
+    def _backend(self, req: Request, repo: "_Repo", login: str | None, path: str, data: bytes) -> Response:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/"),
@@ -179,7 +177,9 @@ class _GitHTTP:
         after = (lambda: self.forge._sync_heads(repo, pusher=login)) if path == "/git-receive-pack" else None
         return StreamingResponse(self._chunks(proc, feeder, after), status=status, headers=headers)
 
-    def _chunks(self, proc: subprocess.Popen[bytes], feeder: threading.Thread, after) -> Iterator[bytes]:
+    def _chunks(
+        self, proc: subprocess.Popen[bytes], feeder: threading.Thread, after: Callable[[], None] | None
+    ) -> Iterator[bytes]:
         assert proc.stdout is not None
         rate = self.forge.git_throttle_bytes_per_second
         try:
@@ -226,7 +226,7 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
             pass
 
 
-def _cgi_headers(out) -> tuple[int, dict[str, str]]:
+def _cgi_headers(out: IO[bytes]) -> tuple[int, dict[str, str]]:
     """Read the CGI header block: ``Status:`` and the rest, up to the blank line."""
     status = 200
     headers: dict[str, str] = {}
