@@ -12,7 +12,8 @@ Isolation
 Credentials
     Forgejo takes an API token as the HTTP Basic password, under any user name. The token
     never appears in a URL, an argument or a config file: git asks ``GIT_ASKPASS``, a
-    small shell script written into a private (0700) directory, which prints the token
+    small shell script written into a private (0700) directory (under ``$XDG_RUNTIME_DIR`` when
+    set, else the temporary directory, which must not be mounted noexec), which prints the token
     from a file. With ``FORGE_TOKEN_FILE`` that file *is* the token file, so a rotated
     token reaches git on its next request, exactly as it reaches the API client; a
     literal ``FORGE_TOKEN`` is written once into a 0600 file in the private directory,
@@ -156,7 +157,9 @@ class GitAuth:
 
     def _private_dir(self) -> Path:
         if self._dir is None or not (self._dir / "askpass.sh").exists():
-            self._dir = Path(tempfile.mkdtemp(prefix="reconciler-git-"))  # mode 0700
+            # $XDG_RUNTIME_DIR (per-user tmpfs) when there is one: git executes the script, and /tmp may be noexec.
+            base = os.environ.get("XDG_RUNTIME_DIR")
+            self._dir = Path(tempfile.mkdtemp(prefix="reconciler-git-", dir=base if base and os.path.isdir(base) else None))  # 0700
             script = self._dir / "askpass.sh"
             script.write_text(_ASKPASS_SCRIPT, encoding="utf-8")
             script.chmod(stat.S_IRWXU)
