@@ -555,6 +555,11 @@ def _ops_checks(settings: Settings, git_timeout: float) -> Iterator[Check]:
         yield Check(False, "git", "no ops remote configured", "set OPS_REPO_REMOTE, or FORGE_URL and FORGE_OPS_REPO")
         return
     shown = redact(remote)
+    if shown != remote and re.search(r"://[^/@\s]*:[^/@\s]*@", remote):
+        yield Check(
+            False, "git", f"ops remote {shown} carries a password in its URL: it lands in .git/config and in every git argv",
+            "remove it from OPS_REPO_REMOTE (or unset it): git gets FORGE_TOKEN / FORGE_TOKEN_FILE through its askpass",
+        )
     branch = settings.ops.primary_branch
     auth = git_auth(settings, remote)
     try:

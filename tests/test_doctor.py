@@ -264,3 +264,12 @@ def test_doctor_names_a_user_who_may_read_but_not_push_the_ops_repo(factory):
         assert any(line.startswith("FAIL git") and "refuses pushes" in line and "write permission" in line for line in bad), bad
     finally:
         factory.forge.add_collaborator("factory/ops", "reconciler", "write")
+
+
+def test_doctor_flags_a_token_in_the_ops_remote_url(factory):
+    settings = factory.settings()
+    leaky = factory.http_remote.replace("http://", f"http://reconciler:{factory.forge_token}@")
+    code, lines = doctor(replace(settings, ops=replace(settings.ops, remote=leaky)))
+    assert code == 1
+    assert any(line.startswith("FAIL git") and "carries a password in its URL" in line for line in lines), lines
+    assert factory.forge_token not in "\n".join(lines)
