@@ -72,7 +72,8 @@ def _cluster_main(conn: Any, workdir: str, capacity: int | None, duration: float
     """Child process: start a ``LocalCluster`` in simulate mode and answer commands over ``conn``."""
     from reconciler.doubles.cluster import LocalCluster
 
-    cluster = LocalCluster(Path(workdir), nomad_mode="simulate", capacity=capacity).start()
+    # file:// ops remote: the published numbers (docs/BENCHMARKS.md) were measured that way.
+    cluster = LocalCluster(Path(workdir), nomad_mode="simulate", capacity=capacity, ops_transport="file").start()
     cluster.nomad.simulate = lambda job: (duration, 0, "ok\n")
     commands: dict[str, Callable[..., Any]] = {
         "settings": lambda **kw: cluster.settings(**kw),

@@ -18,6 +18,7 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> Ru
 def build_context(settings: Settings, store: RunStore, clock: Callable[[], float] = time.time) -> Context:
     from reconciler.clients.forge import ForgeClient
     from reconciler.clients.nomad import NomadClient
+    from reconciler.clients.git_env import git_auth
     from reconciler.clients.opsrepo import OpsRepo
     from reconciler.clients.vault import VaultClient
 
@@ -54,7 +55,7 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
         store=store,
         nomad=NomadClient(settings.nomad, session=nomad_session),
         vault=VaultClient(settings.vault, session=vault_session),
-        ops=OpsRepo(settings.ops, remote),
+        ops=OpsRepo(settings.ops, remote, auth=git_auth(settings, remote)),
         forge=forge,
         clock=clock,
     )

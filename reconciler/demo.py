@@ -1,6 +1,7 @@
 """``reconciler demo``: the whole system on one machine, with nothing but Python and git.
 
-Starts the Nomad, Vault and Forgejo doubles, a bare ops repo, merges the
+Starts the Nomad, Vault and Forgejo doubles, a bare ops repo served by the Forgejo double
+over git smart HTTP (reached as an operator would: FORGE_URL + FORGE_OPS_REPO), merges the
 sample actions through pull requests an admin approved, and runs the real
 reconciler until every run is reported, printing progress as runs advance.
 """
@@ -28,7 +29,7 @@ def run_demo(workdir: Path | None, echo: Callable[[str], None], timeout: float =
     cluster = LocalCluster(base).start()
     try:
         echo(f"demo: Nomad double {cluster.nomad.address}, Vault double {cluster.vault.address}, Forgejo double {cluster.forge.address}")
-        echo(f"demo: ops repo remote {cluster.bare.resolve().as_uri()}")
+        echo(f"demo: ops repo remote {cluster.http_remote} (git smart HTTP on the Forgejo double, the forge token as password; OPS_REPO_REMOTE unset)")
         for action_id, data in cluster.sample_actions().items():
             number, sha = cluster.merge_action(action_id, data)
             echo(f"demo: merged pull request #{number} adding vault/actions/{action_id}.toml (approved by admin) at {sha[:10]}")

@@ -21,13 +21,15 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, TextIO
 
 import requests
 
 from reconciler.clients.errors import PermanentError, ReconcilerError, TransientError
-from reconciler.clients.opsrepo import redact
+from reconciler.clients.git_env import MIN_GIT_VERSION, clean_env, git_auth, parse_git_version
+from reconciler.clients.opsrepo import credential_hint, redact
 from reconciler.credentials import CredentialError, TokenSource
 from reconciler.settings import Settings
 
@@ -433,7 +435,7 @@ def _forge_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
         if not repo:
             yield Check(False, "forge", f"{var} is not set", f"set {var} to owner/name of the ops repo")
             continue
-        yield _repo_check(http, base, shown, headers, repo, login, fs.timeout)
+        yield _repo_check(http, base, shown, headers, repo, login, fs.timeout, need_push=var == "FORGE_OPS_REPO")
     yield from _scope_checks(settings, http, base, shown, login)
     if fs.ops_repo:
         yield from _admin_checks(settings, client, login)
@@ -501,7 +503,12 @@ def _admin_checks(settings: Settings, client: Any, login: str) -> Iterator[Check
             )
 
 
-def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str, str], repo: str, login: str, timeout: float) -> Check:
+def _repo_check(
+    http: requests.Session, base: str, shown: str, headers: dict[str, str], repo: str, login: str, timeout: float, *, need_push: bool = False
+) -> Check:
+    """The repository is readable by the token's user; for the ops repo also pushable by it
+    (``permissions.push`` of ``GET /repos/{o}/{r}``: a Forgejo whose git supports proc-receive
+    checks write permission only in the pre-receive hook, which ``git push --dry-run`` never reaches)."""
     reply = _get(http, f"{base}/api/v1/repos/{repo}", headers=headers, timeout=timeout)
     if isinstance(reply, str):
         return Check(False, "forge", f"stopped answering at {shown} ({reply})", "check Forgejo")
@@ -514,34 +521,111 @@ def _repo_check(http: requests.Session, base: str, shown: str, headers: dict[str
         )
     if reply.status_code != 200:
         return Check(False, "forge", f"cannot read repo {repo} at {shown}: {_body_text(reply)}", f"give {login} read access to {repo}")
+    if need_push:
+        try:
+            push = bool(((reply.json() or {}).get("permissions") or {}).get("push"))
+        except ValueError:
+            push = True  # no JSON: the git push probe below still tells
+        if not push:
+            return Check(
+                False, "forge", f"repo {repo} readable by {login}, who may not push to it: results cannot be pushed",
+                f"make {login} a collaborator of {repo} with write access",
+            )
     return Check(True, "forge", f"repo {repo} readable by {login}")
 
 
 # --------------------------------------------------------------------------- ops remote
 def _ops_checks(settings: Settings, git_timeout: float) -> Iterator[Check]:
+    """git's version, then the ops remote as the reconciler reaches it (same askpass, same
+    isolated environment): readable (``ls-remote``) and writable (``push --dry-run`` of a
+    throwaway branch: the forge checks the token's ``write:repository`` scope when git asks
+    for the receive-pack advertisement, and nothing is sent)."""
+    version = _git_version(git_timeout)
+    if isinstance(version, str):
+        yield Check(False, "git", version, "install git")
+        return
+    shown_version = ".".join(map(str, version))
+    if version[:2] < MIN_GIT_VERSION:
+        need = ".".join(map(str, MIN_GIT_VERSION))
+        yield Check(False, "git", f"version {shown_version} is older than {need}", f"install git >= {need} (GIT_CONFIG_GLOBAL, --diff-merges=first-parent)")
+        return
+    yield Check(True, "git", f"version {shown_version}")
     remote = settings.ops_remote
     if not remote:
         yield Check(False, "git", "no ops remote configured", "set OPS_REPO_REMOTE, or FORGE_URL and FORGE_OPS_REPO")
         return
     shown = redact(remote)
-    branch = settings.ops.primary_branch
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -oBatchMode=yes")}
-    try:
-        proc = subprocess.run(
-            ["git", "ls-remote", "--heads", remote, f"refs/heads/{branch}"],
-            capture_output=True, timeout=git_timeout, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+    if shown != remote and re.search(r"://[^/@\s]*:[^/@\s]*@", remote):
+        yield Check(
+            False, "git", f"ops remote {shown} carries a password in its URL: it lands in .git/config and in every git argv",
+            "remove it from OPS_REPO_REMOTE (or unset it): git gets FORGE_TOKEN / FORGE_TOKEN_FILE through its askpass",
         )
+    branch = settings.ops.primary_branch
+    auth = git_auth(settings, remote)
+    try:
+        env = {**clean_env(os.environ), "LC_ALL": "C", "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -oBatchMode=yes")}
+        env.update(auth.env() if auth is not None else {})
+        proc = _git(["ls-remote", "--heads", remote, f"refs/heads/{branch}"], env, git_timeout)
+        if isinstance(proc, str):
+            yield Check(False, "git", f"ops remote {shown} {proc}", "check the network path to it")
+            return
+        if proc.returncode != 0:
+            message = _last_line(proc)
+            yield Check(False, "git", f"ops remote {shown} not reachable: {message}{credential_hint(message, write=False)}", "check OPS_REPO_REMOTE and the credentials git uses for it")
+            return
+        if f"refs/heads/{branch}" not in proc.stdout.decode("utf-8", "replace"):
+            yield Check(False, "git", f"ops remote {shown} has no branch {branch}", "push the branch or set PRIMARY_BRANCH")
+            return
+        yield Check(True, "git", f"ops remote {shown} reachable, branch {branch} present")
+        yield _push_check(remote, shown, env, git_timeout)
+    finally:
+        if auth is not None:
+            auth.close()
+
+
+def _git_version(timeout: float) -> tuple[int, ...] | str:
+    try:
+        proc = subprocess.run(["git", "--version"], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        yield Check(False, "git", "git is not installed", "install git")
-        return
+        return "git is not installed"
     except subprocess.TimeoutExpired:
-        yield Check(False, "git", f"ops remote {shown} did not answer within {git_timeout:g} s", "check the network path to it")
-        return
+        return "git --version did not answer"
+    version = parse_git_version(proc.stdout.decode("utf-8", "replace"))
+    return version if version else f"cannot tell git's version from {proc.stdout[:80]!r}"
+
+
+def _git(args: list[str], env: dict[str, str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess[bytes] | str:
+    try:
+        return subprocess.run(
+            ["git", "-c", "credential.helper=", *args],
+            capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+        )
+    except subprocess.TimeoutExpired:
+        return f"did not answer within {timeout:g} s"
+
+
+def _last_line(proc: subprocess.CompletedProcess[bytes]) -> str:
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
+    return redact((fatal or lines or [f"exit {proc.returncode}"])[-1])
+
+
+def _push_check(remote: str, shown: str, env: dict[str, str], timeout: float) -> Check:
+    """``git push --dry-run`` of a new commit to a throwaway branch, from an empty scratch repository."""
+    probe = "refs/heads/reconciler-doctor-probe"
+    with tempfile.TemporaryDirectory(prefix="reconciler-doctor-") as scratch:
+        ident = {"GIT_AUTHOR_NAME": "doctor", "GIT_AUTHOR_EMAIL": "doctor@localhost", "GIT_COMMITTER_NAME": "doctor", "GIT_COMMITTER_EMAIL": "doctor@localhost"}
+        local = {**env, **ident, "GIT_DIR": scratch}
+        subprocess.run(["git", "init", "--bare", "--quiet", scratch], capture_output=True, env=env, timeout=timeout)
+        tree = subprocess.run(["git", "hash-object", "-w", "-t", "tree", "--stdin"], input=b"", capture_output=True, env=local, timeout=timeout)
+        made = subprocess.run(["git", "commit-tree", "-m", "doctor probe", tree.stdout.decode().strip()], capture_output=True, env=local, timeout=timeout)
+        commit = made.stdout.decode().strip()
+        if made.returncode != 0 or not commit:
+            return Check(False, "git", "cannot make a probe commit in a scratch repository", "check git works for this user (TMPDIR writable)")
+        proc = _git(["-C", scratch, "push", "--dry-run", "--porcelain", remote, f"{commit}:{probe}"], env, timeout)
+    if isinstance(proc, str):
+        return Check(False, "git", f"push probe to {shown} {proc}", "check the network path to it")
     if proc.returncode != 0:
-        message = redact(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-        yield Check(False, "git", f"ops remote {shown} not reachable: {message}", "check OPS_REPO_REMOTE and the credentials git uses for it")
-        return
-    if f"refs/heads/{branch}" not in proc.stdout.decode("utf-8", "replace"):
-        yield Check(False, "git", f"ops remote {shown} has no branch {branch}", "push the branch or set PRIMARY_BRANCH")
-        return
-    yield Check(True, "git", f"ops remote {shown} reachable, branch {branch} present")
+        message = _last_line(proc)
+        return Check(False, "git", f"ops remote {shown} refuses pushes: {message}{credential_hint(message, write=True)}", "results cannot be pushed until this is fixed")
+    return Check(True, "git", f"ops remote {shown} accepts pushes (dry run of a throwaway branch)")

@@ -416,8 +416,13 @@ class Reconciler:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.ctx.settings.loop.interval
         self._remote_dirty.set()  # the first pass of every serve() reads the remote afresh
+        # A local remote is polled every second (a cheap ls-remote). A network one (HTTPS, ssh) is not polled: the
+        # pass fetches it once per interval anyway, and an ls-remote over HTTPS costs what that fetch costs (a 401
+        # challenge, the authenticated ref advertisement, an upload-pack process on the forge).
+        local = getattr(self.ctx.ops, "remote_is_local", True)
         watchers = Watchers(
-            self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed, on_allocations=self.allocations_changed
+            self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed, on_allocations=self.allocations_changed,
+            remote_poll=1.0 if local else None,
         ).start()
         try:
             return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)

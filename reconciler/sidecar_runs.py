@@ -56,8 +56,10 @@ def scan(ctx: Context, *, cap: int) -> list[str]:
     assert ctx.forge is not None
     raw = ctx.store.get_value(INDEX_KEY)
     index = sidecars.IssueIndex.from_json(raw) if raw else sidecars.IssueIndex()
+    started = ctx.now()
     changed = ctx.forge.issues(ctx.settings.forge.repo or "", state="all", since=index.since())
-    index.update(changed)
+    index.update(changed, scan_started=started)
+    _forget_vanished_sub_issues(ctx, index, started)
     ctx.store.set_value(INDEX_KEY, index.to_json())
     wanted = sidecars.wants(index.open_bug_reports(), index.issues(), revisions=index.revisions())
     existing = [r for r in ctx.store.runs() if r.kind in KINDS]
@@ -78,6 +80,42 @@ def scan(ctx: Context, *, cap: int) -> list[str]:
         ctx.store.create(record, reason=f"issue #{want.issue}: {want.reason}", details={"trigger": want.trigger})
         created.append(want.run_id)
     return created
+
+
+SUB_ISSUE_RECHECK_SECONDS = 600
+"""How often open sub-issues that hold back a ``verify`` are looked up one by one."""
+_RECHECK_KEY = "sidecars/sub-issues-checked-at"
+
+
+def _forget_vanished_sub_issues(ctx: Context, index: sidecars.IssueIndex, now: float) -> None:
+    """Drop open sub-issues the forge no longer has, so they stop blocking their parent's ``verify``.
+
+    A deleted issue (or one moved to another repository) never shows up in an incremental scan
+    again: the index would keep it open forever. Each open sub-issue of an ``in-progress`` bug
+    report is fetched (``GET .../issues/{n}``; 404 means gone) at most every
+    ``SUB_ISSUE_RECHECK_SECONDS``.
+    """
+    assert ctx.forge is not None
+    last = ctx.store.get_value(_RECHECK_KEY)
+    try:
+        if last is not None and now - float(last) < SUB_ISSUE_RECHECK_SECONDS:
+            return
+    except ValueError:
+        pass
+    known = index.issues()
+    blocking = sorted({
+        sub.number
+        for parent in index.open_bug_reports()
+        if "in-progress" in parent.labels
+        for sub in sidecars.sub_issues_of(parent.number, known.values())
+        if sub.state.lower() == "open"
+    })
+    repo = ctx.settings.forge.repo or ""
+    for number in blocking:
+        if ctx.forge.issue(repo, number) is None:
+            index.forget(number)
+            run_log(RunRecord(id="sidecars")).info("sub-issue #%d is gone from %s (deleted or moved); it no longer blocks verify", number, repo)
+    ctx.store.set_value(_RECHECK_KEY, repr(now))
 
 
 # --------------------------------------------------------------------------- steps

@@ -308,6 +308,10 @@ def _want_order(want: SidecarWant) -> tuple[int, int]:
 # -- the incremental issue index ---------------------------------------------------------------
 
 
+SCAN_OVERLAP_SECONDS = 60
+"""How far before a scan's start the next scan's ``since`` goes (see :meth:`IssueIndex.update`)."""
+
+
 class IssueIndex:
     """The project repo's issues that matter to sidecars, merged from incremental scans.
 
@@ -373,8 +377,16 @@ class IssueIndex:
 
     # merging
 
-    def update(self, issues: Iterable[Issue]) -> None:
-        """Merge one scan's results; an older copy of an issue than the one kept is ignored."""
+    def update(self, issues: Iterable[Issue], *, scan_started: float | None = None) -> None:
+        """Merge one scan's results; an older copy of an issue than the one kept is ignored.
+
+        ``scan_started`` (epoch seconds, when the scan's first page was asked for) holds the
+        cursor back: a multi-page scan is one query per page, so an issue on a page already read
+        can be updated while later pages are read, and a cursor moved to the newest
+        ``updated_at`` *seen* would skip it for good (CONTRACTS rev. 2). The next scan starts
+        at ``SCAN_OVERLAP_SECONDS`` before this one started (clock skew between us and the
+        forge, and second precision), whatever the newest change seen.
+        """
         for issue in issues:
             self._note_time(issue.updated_at)
             kept = self._issues.get(issue.number)
@@ -392,6 +404,16 @@ class IssueIndex:
             if set(kept.labels) != set(issue.labels) or _is_open(kept) != _is_open(issue):
                 self._bump(issue.number)
             self._issues[issue.number] = issue
+        if scan_started is not None:
+            # Every change made before the scan started was on a page read after it: seen.
+            self._since = datetime.fromtimestamp(scan_started - SCAN_OVERLAP_SECONDS, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def forget(self, number: int) -> bool:
+        """Drop an issue the forge no longer has (deleted, or moved to another repository)."""
+        if self._issues.pop(number, None) is None:
+            return False
+        self._bump(number)
+        return True
 
     def _relevant_as_report(self, issue: Issue) -> bool:
         return _is_open(issue) and self.bug_label in issue.labels

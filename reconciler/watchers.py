@@ -6,8 +6,12 @@ Two daemon threads call ``wake()`` when something the loop cares about moved:
   as soon as any allocation changes (CONTRACTS.md: reads carry
   ``X-Nomad-Index``), so a finished job is collected and reported about a
   second after it ends;
-* **the ops remote**: its head is polled cheaply (``git ls-remote``) every
-  ``poll`` seconds, so a merged action starts within seconds.
+* **the ops remote**: its head is polled (``git ls-remote``) every ``remote_poll``
+  seconds, so a merged action starts within seconds. The loop polls only a local remote
+  (``file://``, every second). A network one gets no poll (``remote_poll=None``): the pass
+  fetches it once per interval anyway, and over HTTPS an ``ls-remote`` costs as much as that
+  fetch - a ``GET info/refs`` answered 401, the same GET with the token, a protocol v2
+  ``ls-refs`` POST, and one ``git upload-pack`` process on the forge (about 2 kB).
 
 Both are optimisations: the loop's timer stays as the safety net, and a watcher
 that fails only logs and backs off.
@@ -33,7 +37,7 @@ class Watchers:
         *,
         on_remote: Callable[[str | None], None] | None = None,
         on_allocations: Callable[[dict[str, set[str]] | None], None] | None = None,
-        remote_poll: float = 1.0,
+        remote_poll: float | None = 1.0,
         nomad_wait: float = 30.0,
     ) -> None:
         self._nomad = nomad
@@ -50,7 +54,7 @@ class Watchers:
     def start(self) -> "Watchers":
         if hasattr(self._nomad, "wait_allocations"):
             self._threads.append(threading.Thread(target=self._watch_nomad, name="watch-nomad", daemon=True))
-        if hasattr(self._ops, "remote_head"):
+        if hasattr(self._ops, "remote_head") and self._remote_poll is not None:
             self._threads.append(threading.Thread(target=self._watch_remote, name="watch-remote", daemon=True))
         for t in self._threads:
             t.start()

@@ -207,3 +207,69 @@ def test_missing_token_scopes_are_named_per_feature(factory):
     full = replace(settings, forge=replace(settings.forge, token=forge.new_token("reconciler")))
     code, lines = doctor(full)
     assert "ok   forge FORGE_TOKEN has scope write:issue (sidecar failure comments)" in lines, lines
+
+
+def test_doctor_proves_the_token_can_push_over_smart_http(factory):
+    """The ops remote is the forge's smart HTTP URL (OPS_REPO_REMOTE unset): read and push probed with the token."""
+    settings = factory.settings()
+    assert settings.ops.remote is None
+    code, lines = doctor(settings)
+    assert code == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert f"ok   git ops remote {factory.http_remote} accepts pushes" in text, text
+    assert "ok   git version 2." in text
+    assert factory.forge.head("factory/ops", "reconciler-doctor-probe") is None  # a dry run changes nothing
+
+
+def test_doctor_names_the_missing_write_scope(factory):
+    read_only = factory.forge.new_token("reconciler", scopes=["read:repository", "read:user", "read:issue"])
+    settings = factory.settings()
+    code, lines = doctor(replace(settings, forge=replace(settings.forge, token=read_only)))
+    assert code == 1
+    (bad,) = [line for line in failures(lines) if line.startswith("FAIL git")]
+    assert "refuses pushes" in bad and "write:repository" in bad, bad
+    assert read_only not in "\n".join(lines)
+
+
+def test_doctor_names_a_revoked_token_for_git(factory):
+    token = factory.forge.new_token("reconciler")
+    factory.forge.revoke_token(token)
+    settings = factory.settings()
+    code, lines = doctor(replace(settings, forge=replace(settings.forge, token=token)))
+    assert code == 1
+    git_lines = [line for line in failures(lines) if line.startswith("FAIL git")]
+    assert git_lines and "did not accept the token" in git_lines[0] and "read:repository" in git_lines[0], lines
+    assert token not in "\n".join(lines)
+
+
+def test_doctor_refuses_a_git_older_than_the_minimum(factory, tmp_path, monkeypatch):
+    """A `git` on PATH that says it is 2.30 (Debian bullseye): doctor names the minimum, 2.32."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git").write_text("#!/bin/sh\necho 'git version 2.30.2'\n")
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    code, lines = doctor(factory.settings())
+    assert code == 1
+    assert any(line.startswith("FAIL git version 2.30.2 is older than 2.32") for line in lines), lines
+
+
+def test_doctor_names_a_user_who_may_read_but_not_push_the_ops_repo(factory):
+    factory.forge.add_collaborator("factory/ops", "reconciler", "read")
+    try:
+        code, lines = doctor(factory.settings())
+        assert code == 1
+        bad = failures(lines)
+        assert any(line.startswith("FAIL forge repo factory/ops readable by reconciler, who may not push") for line in bad), bad
+        assert any(line.startswith("FAIL git") and "refuses pushes" in line and "write permission" in line for line in bad), bad
+    finally:
+        factory.forge.add_collaborator("factory/ops", "reconciler", "write")
+
+
+def test_doctor_flags_a_token_in_the_ops_remote_url(factory):
+    settings = factory.settings()
+    leaky = factory.http_remote.replace("http://", f"http://reconciler:{factory.forge_token}@")
+    code, lines = doctor(replace(settings, ops=replace(settings.ops, remote=leaky)))
+    assert code == 1
+    assert any(line.startswith("FAIL git") and "carries a password in its URL" in line for line in lines), lines
+    assert factory.forge_token not in "\n".join(lines)

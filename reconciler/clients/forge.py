@@ -54,7 +54,10 @@ SYSTEM = "forge"
 PAGE_LIMIT = 50
 """``limit`` asked for on every list; Forgejo caps it at its ``MAX_RESPONSE_ITEMS`` (50)."""
 MAX_PAGES = 200
-"""A list longer than this many pages is refused rather than silently cut short."""
+"""Lists without a total (the timeline) longer than this many pages are refused rather than cut short."""
+MAX_ITEMS = 2_000_000
+"""A guard against a server that never ends a list: counted lists (``X-Total-Count``) are read to
+their end whatever their length (an issue tracker of 12,000 issues is 240 pages)."""
 
 
 class Forge(Protocol):
@@ -408,7 +411,9 @@ class ForgeClient:
         below what was asked, so a short page alone proves nothing when a total is given.
         """
         items: list[dict[str, Any]] = []
-        for page in range(1, MAX_PAGES + 1):
+        page = 0
+        while len(items) < MAX_ITEMS:
+            page += 1
             query = {**(params or {}), "page": page, "limit": PAGE_LIMIT}
             resp = self._get(path, what=f"{what} (page {page})", params=query)
             batch = self._list(resp, what)
@@ -421,7 +426,9 @@ class ForgeClient:
                     return items
             elif "next" not in resp.links and len(batch) < PAGE_LIMIT:
                 return items
-        raise PermanentError(f"forge at {self._shown} returned more than {MAX_PAGES} pages of {what}", system=SYSTEM)
+            elif page >= MAX_PAGES:
+                break
+        raise PermanentError(f"forge at {self._shown} returned more than {len(items)} items ({page} pages) of {what} without ending the list", system=SYSTEM)
 
     def _request(
         self,

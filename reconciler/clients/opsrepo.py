@@ -21,7 +21,8 @@ Crash safety
     Otherwise (a neighbour is alive) it waits for the writer lock below, so no neighbour is
     mid-fetch or mid-push, and removes only leftovers older than ``stale_lock_seconds``
     (protection against a git run by hand in the same clone). A killed clone leaves only a
-    hidden sibling directory, removed later: the clone is renamed into place when complete.
+    hidden sibling directory holding the history steps already fetched, which the next attempt
+    resumes from: the clone is renamed into place when complete.
 
 Concurrency
     One instance may be used from many threads: reads share one long-lived
@@ -89,6 +90,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Mapping, Sequence
 
+from reconciler.clients.git_env import GitAuth, clean_env
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.facts import CommitInfo
 from reconciler.settings import OpsRepoSettings
@@ -133,6 +135,7 @@ _CONFIG = (
     "advice.detachedHead=false",
     "gc.autoDetach=false",  # no background gc outliving us while holding locks we would clean
     "maintenance.autoDetach=false",
+    "credential.helper=",  # no configured helper (``store``) may copy the askpass token to disk
 )
 
 # Half-done operations a killed git (or a human) may leave in a git dir.
@@ -223,6 +226,29 @@ def _error_class(output: str) -> type[ReconcilerError]:
     return TransientError
 
 
+def credential_hint(output: str, *, write: bool) -> str:
+    """What a refusal by the forge means, naming the missing permission ("" when it is not one).
+
+    Forgejo answers git over HTTP (``routers/web/repo/githttp.go``) with 401 for a token it does
+    not know, a bare 403 ``Forbidden`` for a token without the repository scope, and 404
+    ``Repository not found`` to a user who may not read (or, for a push, write) the repository:
+    git's own message names none of these, so the hint does.
+    """
+    low = output.lower()
+    if any(p in low for p in ("authentication failed", "could not read username", "could not read password", "terminal prompts disabled")):
+        return (
+            "; the forge did not accept the token (FORGE_TOKEN or FORGE_TOKEN_FILE is wrong, revoked or missing, "
+            "or the remote is not on FORGE_URL): git needs a forge token with scope read:repository to fetch "
+            "and write:repository to push"
+        )
+    if "returned error: 403" in low:
+        scope = "write:repository" if write else "read:repository"
+        return f"; the forge token lacks the {scope} scope (or is public-only and the repository is private): mint one with {scope}"
+    if write and ("not found" in low or "returned error: 404" in low):
+        return "; the token's user lacks write permission on the ops repo (Forgejo answers 404): make it a collaborator with write access"
+    return ""
+
+
 def _is_push_race(output: str) -> bool:
     """True when a push was refused only because the branch moved under us."""
     low = output.lower()
@@ -242,6 +268,18 @@ def _is_missing_on_remote(output: str) -> bool:
     """A fetch refused only because the remote has no such ref or object (an answer, not a failure)."""
     low = output.lower()
     return any(p in low for p in _MISSING_ON_REMOTE)
+
+
+def _incoming_bytes(git_dir: Path) -> int:
+    """Bytes of incoming packs (``index-pack`` writes ``objects/pack/tmp_pack_*``; a push received
+    is ``objects/incoming-*``): it grows while a fetch or clone receives data."""
+    total = 0
+    objects = git_dir / "objects"
+    for pattern in ("pack/tmp_*", "incoming-*/pack/tmp_*", "pack/*.pack"):
+        for path in objects.glob(pattern):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
 
 
 def _check_path(path: str) -> str:
@@ -481,10 +519,13 @@ class OpsRepo:
         remote: str,
         *,
         timeout: float = 60.0,
+        max_transfer_seconds: float = 6 * 3600.0,
+        clone_step: int = 500,
         stale_lock_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         env: Mapping[str, str] | None = None,
+        auth: GitAuth | None = None,
     ) -> None:
         if not remote:
             raise PermanentError("no ops repo remote configured; set OPS_REPO_REMOTE", system=SYSTEM)
@@ -494,10 +535,15 @@ class OpsRepo:
         self._branch = settings.primary_branch
         self._tracking = f"refs/remotes/{REMOTE}/{self._branch}"
         self._timeout = timeout
+        self.max_transfer_seconds = max_transfer_seconds
+        self.clone_step = clone_step
+        """Commits fetched per step of a first clone (each finished step survives a restart)."""
+        """Longest a clone or fetch may run while it still receives data (``timeout`` bounds silence)."""
         self._stale = stale_lock_seconds
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._env = self._make_env(os.environ if env is None else env)
+        self._auth = auth
         self._ready_done = False
         self._setup_lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -517,9 +563,8 @@ class OpsRepo:
     # ----------------------------------------------------------------- plumbing
 
     def _make_env(self, base: Mapping[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in base.items() if k not in _SCRUBBED_ENV}
+        env = {k: v for k, v in clean_env(base).items() if k not in _SCRUBBED_ENV}
         env.update(
-            GIT_TERMINAL_PROMPT="0",
             LC_ALL="C",
             LANG="C",
             GIT_LITERAL_PATHSPECS="1",
@@ -546,8 +591,15 @@ class OpsRepo:
         cwd: Path | None = None,
         check: bool = True,
         what: str | None = None,
+        transfer: Path | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run one git command; on failure (with ``check``) raise a classified error."""
+        """Run one git command; on failure (with ``check``) raise a classified error.
+
+        ``transfer`` (the git dir a fetch writes into) makes ``timeout`` a limit on *silence*
+        rather than on the whole command: a clone of a large repository over a slow link runs
+        as long as it keeps receiving data (the incoming pack ``objects/pack/tmp_pack_*``
+        grows, or git writes output), up to ``max_transfer_seconds``.
+        """
         what = what or f"git {args[0]}"
         argv = self._argv(args, cwd)
         try:
@@ -556,7 +608,7 @@ class OpsRepo:
                 stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**self._env, **(env or {})},
+                env={**self._env, **(self._auth.env() if self._auth else {}), **(env or {})},
                 # Own session: no terminal to prompt on (ssh), and a Ctrl-C meant for the
                 # reconciler does not kill a push half-way.
                 start_new_session=True,
@@ -564,7 +616,10 @@ class OpsRepo:
         except OSError as exc:
             raise PermanentError(f"cannot run git ({exc}); is git installed?", system=SYSTEM) from exc
         try:
-            out, err = child.communicate(input, timeout=self._timeout)
+            if transfer is None:
+                out, err = child.communicate(input, timeout=self._timeout)
+            else:
+                out, err = self._communicate_while_progressing(child, input, transfer, what)
         except subprocess.TimeoutExpired as exc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)  # git and its helpers (ssh, remote-http)
@@ -575,6 +630,35 @@ class OpsRepo:
             raise self._failure(what, proc)
         return proc
 
+    def _communicate_while_progressing(
+        self, child: subprocess.Popen[bytes], input: bytes | None, git_dir: Path, what: str
+    ) -> tuple[bytes, bytes]:
+        """``communicate`` with a deadline that moves while the transfer progresses."""
+        result: dict[str, tuple[bytes, bytes]] = {}
+        reader = threading.Thread(target=lambda: result.setdefault("out", child.communicate(input)), daemon=True)
+        reader.start()
+        started = last_progress = time.monotonic()
+        seen = _incoming_bytes(git_dir)
+        poll = min(1.0, max(0.05, self._timeout / 10))
+        while True:
+            reader.join(poll)
+            if not reader.is_alive():
+                return result["out"]
+            now = time.monotonic()
+            size = _incoming_bytes(git_dir)
+            if size != seen:
+                seen, last_progress = size, now
+            if now - last_progress > self._timeout:
+                why = f"after {self._timeout:g}s without receiving data"
+            elif now - started > self.max_transfer_seconds:
+                why = f"after {self.max_transfer_seconds:g}s, still transferring (max_transfer_seconds)"
+            else:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # git and its helpers (ssh, remote-http)
+            reader.join()  # returns once the killed processes' pipes close
+            raise TransientError(f"{what} timed out {why}", system=SYSTEM)
+
     @staticmethod
     def _output(proc: subprocess.CompletedProcess[bytes]) -> str:
         text = (proc.stderr or b"").decode("utf-8", "replace").strip()
@@ -584,7 +668,7 @@ class OpsRepo:
 
     def _failure(self, what: str, proc: subprocess.CompletedProcess[bytes]) -> ReconcilerError:
         message = self._output(proc)
-        return _error_class(message)(f"{what} failed: {message}", system=SYSTEM)
+        return _error_class(message)(f"{what} failed: {message}{credential_hint(message, write=False)}", system=SYSTEM)
 
     def _ready(self) -> None:
         """Prepare the clone on first use (once, even when many threads start together)."""
@@ -625,30 +709,63 @@ class OpsRepo:
         self._ready_done = True
 
     def _clone(self) -> None:
-        """Clone into a sibling temporary directory, then rename: a killed clone leaves no half repo at root."""
+        """Clone into a hidden sibling directory, then rename: a killed clone leaves no half repo at root.
+
+        The history arrives in steps - the head commit first, then ``clone_step`` commits deeper
+        at a time (``fetch --deepen``), until it is complete - and each step that finished stays
+        in the sibling ``.<root>.cloning``: a restart resumes from there instead of starting from
+        zero (git cannot resume one interrupted pack, so only the step under way is lost).
+        Processes cloning at once take turns on ``.<root>.cloning.flock``.
+        """
         parent = self._root.parent
         parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_clones(parent)
-        tmp = parent / f".{self._root.name}.cloning-{uuid.uuid4().hex[:12]}"
+        staging = parent / f".{self._root.name}.cloning"
+        lock_fd = os.open(parent / f".{self._root.name}.cloning.flock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._run(["init", "--bare", "--quiet", str(tmp)], cwd=parent)
-            self._run(["symbolic-ref", "HEAD", f"refs/heads/{self._branch}"], cwd=tmp)
-            self._run(["remote", "add", "-t", self._branch, REMOTE, self._remote], cwd=tmp)
-            proc = self._run(self._fetch_args(), cwd=tmp, check=False)
-            if proc.returncode != 0:
-                message = self._output(proc)
-                raise _error_class(message)(
-                    f"cannot clone ops repo from {redact(self._remote)}: {message}; check OPS_REPO_REMOTE",
-                    system=SYSTEM,
-                )
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if self._root.exists() and (self._root / "HEAD").exists():
+                log.info("another process cloned %s first; using its clone", self._root)
+                return
+            if (staging / "HEAD").exists():
+                log.info("resuming the interrupted clone of the ops repo in %s", staging)
+                self._run(["remote", "set-url", REMOTE, self._remote], cwd=staging)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+                self._run(["init", "--bare", "--quiet", str(staging)], cwd=parent)
+                self._run(["symbolic-ref", "HEAD", f"refs/heads/{self._branch}"], cwd=staging)
+                self._run(["remote", "add", "-t", self._branch, REMOTE, self._remote], cwd=staging)
+            self._fetch_history_in_steps(staging)
             try:
-                os.rename(tmp, self._root)  # atomic; replaces an empty directory, never a full one
+                os.rename(staging, self._root)  # atomic; replaces an empty directory, never a full one
             except OSError:
                 if not (self._root / "HEAD").exists():
                     raise
                 log.info("another process cloned %s first; using its clone", self._root)
+                shutil.rmtree(staging, ignore_errors=True)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(lock_fd)
+
+    def _fetch_history_in_steps(self, staging: Path) -> None:
+        """Fetch the primary branch into ``staging``: head first, then ``clone_step`` commits per step."""
+        has_tip = self._run(["rev-parse", "--verify", "--quiet", self._tracking], cwd=staging, check=False).returncode == 0
+        while True:
+            shallow = (staging / "shallow").exists()
+            if has_tip and not shallow:
+                return  # complete
+            args = self._fetch_args()
+            args.insert(args.index("fetch") + 1, f"--deepen={self.clone_step}" if has_tip else "--depth=1")
+            proc = self._run(args, cwd=staging, check=False, transfer=staging)
+            if proc.returncode != 0:
+                message = self._output(proc)
+                if not has_tip:
+                    shutil.rmtree(staging, ignore_errors=True)  # nothing arrived: nothing to resume
+                raise _error_class(message)(
+                    f"cannot clone ops repo from {redact(self._remote)}: {message}{credential_hint(message, write=False)}; "
+                    "check OPS_REPO_REMOTE (history steps already fetched are kept: the next attempt resumes)",
+                    system=SYSTEM,
+                )
+            has_tip = True
 
     def _remove_stale_clones(self, parent: Path) -> None:
         cutoff = time.time() - max(self._stale, self._timeout)
@@ -750,8 +867,8 @@ class OpsRepo:
         """Fetch the primary branch's whole history (``git fetch --unshallow``), or refuse with how to fix it."""
         log.warning("ops repo clone %s is shallow; fetching its full history (git fetch --unshallow)", self._root)
         args = self._fetch_args()
-        args.insert(1, "--unshallow")
-        proc = self._run(args, check=False)
+        args.insert(args.index("fetch") + 1, "--unshallow")
+        proc = self._run(args, check=False, transfer=self._git_dir)
         if proc.returncode == 0 and not self._is_shallow():
             self._head = self._rev_parse(self._tracking)
             return
@@ -780,6 +897,8 @@ class OpsRepo:
         if self._cat is not None:
             self._cat.close()
             self._cat = None
+        if self._auth is not None:
+            self._auth.close()  # its private directory is made again on the next git command
         with self._write_lock:
             for fd in (self._lock_fd, self._writer_fd):
                 if fd is not None:
@@ -829,6 +948,10 @@ class OpsRepo:
 
     def _fetch_args(self) -> list[str]:
         return [
+            # Every fetched object lands in a pack (never unpacked loose): the incoming pack's growth
+            # is how a long transfer shows it is progressing.
+            "-c",
+            "fetch.unpackLimit=1",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -843,14 +966,20 @@ class OpsRepo:
         with self._writing():
             if self._shallow_marked() and self._is_shallow():  # made shallow behind our back
                 self._unshallow()
-            proc = self._run(self._fetch_args(), check=False)
+            proc = self._run(self._fetch_args(), check=False, transfer=self._git_dir)
             if proc.returncode != 0:
                 message = self._output(proc)
                 raise _error_class(message)(
-                    f"cannot fetch {self._branch} from {redact(self._remote)}: {message}", system=SYSTEM
+                    f"cannot fetch {self._branch} from {redact(self._remote)}: {message}{credential_hint(message, write=False)}",
+                    system=SYSTEM,
                 )
             self._head = self._rev_parse(self._tracking)
             return self._head
+
+    @property
+    def remote_is_local(self) -> bool:
+        """True for a ``file://`` URL or a path: polling it costs no network round trip."""
+        return "://" not in self._remote or self._remote.startswith("file://")
 
     def remote_head(self) -> str | None:
         """The remote branch's sha without fetching (``git ls-remote``); None if it does not exist."""
@@ -1363,7 +1492,9 @@ class OpsRepo:
         refused_by_server = "[remote rejected]" in output.lower()
         if (_is_push_race(output) and not refused_by_server) or self._remote_ref_race(output):
             return output
-        raise _error_class(output)(f"git push to {redact(self._remote)} failed: {output}", system=SYSTEM)
+        raise _error_class(output)(
+            f"git push to {redact(self._remote)} failed: {output}{credential_hint(output, write=True)}", system=SYSTEM
+        )
 
     @staticmethod
     def _remote_ref_race(output: str) -> bool:
@@ -1374,4 +1505,4 @@ class OpsRepo:
         )
 
 
-__all__ = ["OpsRepo", "PushOutcome", "redact", "REMOTE"]
+__all__ = ["OpsRepo", "PushOutcome", "redact", "credential_hint", "REMOTE"]

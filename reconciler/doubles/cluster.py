@@ -5,9 +5,12 @@ all three exercise the same setup:
 
 * a Vault double configured as the factory configures Vault (runner policies,
   the ``vault-runner`` token role, secrets, a dispatcher token for the reconciler);
-* a Forgejo double serving ``factory/ops`` from a real bare repository reached
-  by ``file://``; users ``admin`` (site admin), ``alice`` (author), ``bob``
-  (not an admin) and ``reconciler`` (the reconciler's own user);
+* a Forgejo double serving ``factory/ops`` from a real bare repository (``bare``): a
+  private repository reached over git smart HTTP at ``${FORGE_URL}/factory/ops.git``
+  with the reconciler's forge token (``OPS_REPO_REMOTE`` unset, as an operator would
+  run it), or with ``ops_transport="file"`` a public one reached by ``file://``; users
+  ``admin`` (site admin), ``alice`` (author), ``bob`` (not an admin) and ``reconciler``
+  (the reconciler's own user, a collaborator with write access);
 * a Nomad double whose ``vault-runner`` parent job is registered from
   ``jobspecs/vault-runner.hcl`` itself; in ``exec`` mode it runs the real
   runner entry step as a local process for each allocation;
@@ -92,6 +95,9 @@ class LocalCluster:
     secrets: dict[str, str] = field(default_factory=lambda: dict(DEMO_SECRETS))
     mounts: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEMO_MOUNTS))
     gc_after: float | None = None
+    ops_transport: str = "http"
+    """``http``: the reconciler reaches the ops repo through the forge (smart HTTP, token auth);
+    ``file``: through ``file://`` on ``bare`` (``OPS_REPO_REMOTE``)."""
     vault: VaultDouble = field(init=False)
     forge: ForgeDouble = field(init=False)
     nomad: NomadDouble = field(init=False)
@@ -112,7 +118,10 @@ class LocalCluster:
         self.forge.add_user("bob")
         self.forge_token = self.forge.add_user("reconciler")
         self.bare = self.workdir / "ops.git"
-        self.forge.add_repo(OPS_REPO, self.bare)
+        if self.ops_transport not in ("http", "file"):
+            raise ValueError(f"ops_transport must be 'http' or 'file', got {self.ops_transport!r}")
+        self.forge.add_repo(OPS_REPO, self.bare, private=self.ops_transport == "http")
+        self.forge.add_collaborator(OPS_REPO, "reconciler", "write")
         fixtures = fixtures_dir()
         policy = (fixtures / "ops-repo" / "vault" / "policy.toml").read_bytes()
         self.merge_files({"vault/policy.toml": policy, "README.md": b"# ops repo (demo)\n"}, title="tiers")
@@ -191,16 +200,26 @@ class LocalCluster:
                 url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
                 ops_repo=OPS_REPO, admin_users=("admin",), repo=PROJECT_REPO if sidecars else None,
             ),
-            ops=OpsRepoSettings(root=ops_root or self.workdir / "ops-clone", remote=self.bare.resolve().as_uri()),
+            ops=OpsRepoSettings(root=ops_root or self.workdir / "ops-clone", remote=self.file_remote if self.ops_transport == "file" else None),
             store=StoreSettings(db=db or self.workdir / "state" / "reconciler.db"),
             actions=ActionSettings(factory_root=self.factory_root),
             loop=LoopSettings(**loop_defaults),
         )
 
+    @property
+    def file_remote(self) -> str:
+        """``file://`` URL of the bare ops repository (git plumbing in tests, ``ops_transport="file"``)."""
+        return self.bare.resolve().as_uri()
+
+    @property
+    def http_remote(self) -> str:
+        """The ops repo's smart HTTP URL on the forge: what the reconciler derives from FORGE_URL + FORGE_OPS_REPO."""
+        return f"{self.forge.address}/{OPS_REPO}.git"
+
     def environment(self) -> dict[str, str]:
-        """The same settings as environment variables, for running the CLI."""
+        """The same settings as environment variables, for running the CLI (``OPS_REPO_REMOTE`` only for ``file``)."""
         s = self.settings()
-        return {
+        env = {
             "NOMAD_ADDR": s.nomad.addr,
             "NOMAD_NAMESPACE": s.nomad.namespace,
             "VAULT_ADDR": s.vault.addr,
@@ -211,11 +230,13 @@ class LocalCluster:
             "FORGE_OPS_REPO": OPS_REPO,
             "FORGE_ADMIN_USERS": ",".join(s.forge.admin_users),
             "OPS_REPO_ROOT": str(s.ops.root),
-            "OPS_REPO_REMOTE": s.ops.remote or "",
             "FACTORY_ROOT": str(self.factory_root),
             "RECONCILER_DB": str(s.store.db),
             "RECONCILER_INTERVAL": "0.5",
         }
+        if s.ops.remote:
+            env["OPS_REPO_REMOTE"] = s.ops.remote
+        return env
 
     # -- desired state through the forge ----------------------------------------
     def merge_files(

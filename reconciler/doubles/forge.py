@@ -102,6 +102,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode
 
+from reconciler.doubles.forge_git import install_git_http
 from reconciler.doubles.http import DoubleServer, Request, Response
 
 API = "/api/v1"
@@ -373,7 +374,10 @@ class ForgeDouble(DoubleServer):
         self._redirects: dict[str, _User] = {}
         self._repos: dict[str, _Repo] = {}
         self._ids = itertools.count(1)
+        self.git_throttle_bytes_per_second: float | None = None
+        """Slow git smart HTTP replies to this rate (a slow link); None: full speed."""
         self._install_routes()
+        install_git_http(self)
         self._httpd.handle_error = self._handle_socket_error  # type: ignore[method-assign]
 
     def start(self) -> "ForgeDouble":
@@ -1149,6 +1153,14 @@ class ForgeDouble(DoubleServer):
             )
             return number
 
+    def delete_issue(self, repo: str, number: int) -> None:
+        """Delete an issue, as an admin's ``DELETE /repos/{o}/{r}/issues/{n}`` does
+        (``services/issue/issue.go`` ``DeleteIssue``): it is 404 from then on and in no list."""
+        r = self._repo(repo)
+        with self._lock:
+            self._issue(r, number)
+            del r.issues[number]
+
     def set_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
         """Replace the labels of an issue or pull request."""
         r = self._repo(repo)
@@ -1505,7 +1517,7 @@ class ForgeDouble(DoubleServer):
                 and (before is None or issue.updated <= before)
             ]
             selected.sort(key=_sort_key(req.arg("sort", "latest") or "latest"))
-            return self._paginate(req, [self._issue_json(repo, issue, viewer) for issue in selected])
+            return self._paginate(req, selected, convert=lambda issue: self._issue_json(repo, issue, viewer))
 
     def _h_issue(self, req: Request, viewer: _User | None) -> Response:
         with self._lock:
@@ -1566,15 +1578,17 @@ class ForgeDouble(DoubleServer):
             limit = self.default_page_size
         return page, min(limit, self.max_page_size)
 
-    def _paginate(self, req: Request, items: list[Any]) -> Response:
-        """One page of ``items`` with ``X-Total-Count`` and Forgejo's ``Link`` header."""
+    def _paginate(self, req: Request, items: list[Any], convert: Callable[[Any], Any] | None = None) -> Response:
+        """One page of ``items`` with ``X-Total-Count`` and Forgejo's ``Link`` header (``convert``
+        turns the page's items, only them, into JSON: a tracker of 12,000 issues stays cheap)."""
         page, limit = self._list_options(req)
         headers = _total_headers(len(items))
         links = self._links(req, len(items), limit, _int_arg(req, "page"))
         if links:
             headers["Link"] = ",".join(links)
             headers["Access-Control-Expose-Headers"] = "X-Total-Count, Link"
-        return Response.json(items[(page - 1) * limit : page * limit], headers=headers)
+        chosen = items[(page - 1) * limit : page * limit]
+        return Response.json([convert(i) for i in chosen] if convert else chosen, headers=headers)
 
     def _links(self, req: Request, total: int, limit: int, requested_page: int) -> list[str]:
         """Forgejo's ``genAPILinks``: next, last, first, prev - whichever apply."""

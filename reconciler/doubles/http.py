@@ -299,8 +299,11 @@ class DoubleServer:
 
             def _handle(self) -> None:
                 parts = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = self._read_chunked()  # git sends large pushes chunked
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else b""
                 req = Request(
                     method=self.command,
                     path=parts.path,
@@ -330,11 +333,25 @@ class DoubleServer:
                 if self.command != "HEAD":
                     self.wfile.write(resp.body)
 
+            def _read_chunked(self) -> bytes:
+                """A ``Transfer-Encoding: chunked`` request body (RFC 9112 7.1), trailers skipped."""
+                parts: list[bytes] = []
+                while True:
+                    size_line = self.rfile.readline(65537)
+                    size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline(3)  # the CRLF after the chunk
+
             def _stream(self, resp: "StreamingResponse") -> None:
                 self.send_response(resp.status)
                 for k, v in resp.headers.items():
                     self.send_header(k, v)
                 self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")  # said, so a client does not reuse it (git's chunked pushes cannot rewind)
                 self.end_headers()
                 try:
                     for chunk in resp.chunks:

@@ -12,7 +12,9 @@ from .support import MarkerFormula, install_marker_formula
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A factory (doubles + bare ops repo) for the whole module; every runner process is killed at the end."""
-    c = LocalCluster(tmp_path_factory.mktemp("crash")).start()
+    # file:// remote: the PushGate hooks run in the reconciler's own git session (kill_git kills that
+    # session); over smart HTTP they would run in the double's http-backend instead.
+    c = LocalCluster(tmp_path_factory.mktemp("crash"), ops_transport="file").start()
     yield c
     c.stop()
 

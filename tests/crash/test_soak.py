@@ -121,7 +121,7 @@ def test_soak_sigkill_with_the_store_deleted_once(cluster, formula, tmp_path):
 @pytest.fixture(scope="module")
 def gc_cluster(tmp_path_factory):
     """A factory whose Nomad garbage-collects a finished child 3 s after it died."""
-    c = LocalCluster(tmp_path_factory.mktemp("crash-gc"), gc_after=3).start()
+    c = LocalCluster(tmp_path_factory.mktemp("crash-gc"), gc_after=3, ops_transport="file").start()  # as tests/crash/conftest.py
     yield c
     c.stop()
 

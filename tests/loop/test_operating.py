@@ -84,9 +84,28 @@ def test_plan_changes_nothing(cluster, harness):
     harness.until_idle()
 
 
+class _FileRemoteHarness(Harness):
+    """A harness whose ops remote is ``file://`` (``OPS_REPO_REMOTE``): only a local remote is polled
+    every second for merges; over HTTPS the pass's once-per-interval fetch is the only poll."""
+
+    def __init__(self, cluster, workdir, **loop):
+        from dataclasses import replace
+
+        from reconciler.app import build_context
+        from reconciler.loop import Reconciler
+        from store.runs import RunStore
+
+        self.cluster = cluster
+        base = cluster.settings(db=workdir / "state" / "r.db", ops_root=workdir / "ops", **loop)
+        self.settings = replace(base, ops=replace(base.ops, remote=cluster.file_remote))
+        self.store = RunStore(self.settings.store.db, time.time)
+        self.ctx = build_context(self.settings, self.store)
+        self.reconciler = Reconciler(self.ctx)
+
+
 def test_wakeups_report_quickly_with_a_long_interval(cluster, tmp_path):
     """RECONCILER_INTERVAL=60: job end -> result pushed, and merge -> dispatch, come from wake-ups, not the timer."""
-    h = Harness(cluster, tmp_path, interval=60.0)
+    h = _FileRemoteHarness(cluster, tmp_path, interval=60.0)
     stop = threading.Event()
     server = threading.Thread(target=h.reconciler.serve, args=(stop,), daemon=True)
     server.start()
