@@ -16,14 +16,17 @@ action at ``path`` whose bytes on the primary branch are ``content``:
    merge commit ``M`` is on the primary branch with ``content`` at ``path``, and ``L`` is one
    of the commits the pull request landed: ``L`` is ``M`` or an ancestor of it, ``L`` is not
    in the pull request's fork point ``F`` (the forge's ``merge_base``), the file at ``F`` is
-   not ``content`` (the pull request's own diff changed it), and a true merge commit brought
-   nothing but itself (``L == M``).
+   not ``content`` (the pull request's own diff changed it), a true merge commit brought
+   nothing but itself (``L == M``, unless it is the pull request's own head, fast-forwarded),
+   and its target branch was never changed (Forgejo then recomputes the merge base).
 4. Approval by review: for each reviewer only the latest decisive review counts; it must be
    ``APPROVED``, not flagged ``dismissed`` or ``stale`` (flags only take an approval away),
    by an admin who is neither the author nor the reconciler's own user, and the file in the
    tree at its ``commit_id`` -- the head the admin saw -- must equal ``content`` byte for
-   byte. When ``L`` lies in that head's history it must also lie in the pull request's final
-   head (a commit that was on main before the pull request forked cannot borrow its review).
+   byte, and differ at that head's fork from the primary branch as it was before ``L`` (the
+   admin's diff showed the change: a rebase onto a base without the file, or a re-targeted
+   branch, cannot make an approval of an unrelated diff count). When ``L`` lies in that head's
+   history it must also lie in the pull request's final head.
 5. Approval by merger (when enabled): the admin in ``merged_by`` counts only for a true merge
    commit whose second parent is the pull request's final head with the same file, ``L == M``,
    no scheduled auto-merge or manual-merge marking in the timeline, merged after the
@@ -93,6 +96,10 @@ class GateReader(Protocol):
         """Whether ``a`` is ``b`` or one of its ancestors (False when either is unknown)."""
         ...
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of ``a`` and ``b``; None when they share none or either is unknown."""
+        ...
+
     def ensure_commit(self, sha: str, pull_number: int) -> bool:
         """Make ``sha`` present locally (fetching the pull request's head ref); whether it is now."""
         ...
@@ -152,11 +159,15 @@ class TrustedTiers:
 DECISIVE = ("APPROVED", "REQUEST_CHANGES")
 """Review states that decide; ``COMMENT``, ``PENDING``, ``REQUEST_REVIEW`` never supersede."""
 
-LANDING_WINDOW = 20
-"""First-parent commits after the file's last change asked for a pull request (rebase, fast-forward)."""
+LANDING_WINDOW = 250
+"""First-parent commits after the file's last change asked for a pull request (rebase, fast-forward);
+the walk stops earlier at the first true merge commit, since a rebase or fast-forward run is linear."""
 
 MERGER_DISQUALIFIERS = ("pull_scheduled_merge", "pull_cancel_scheduled_merge")
 """Timeline events after which ``merged_by`` says who scheduled a merge, not who saw what merged."""
+
+TIMELINE_TRUNCATED = "timeline-truncated"
+"""What a reader adds to ``timeline_types`` when it stopped before the end (it then proves nothing)."""
 
 _MERGE_MESSAGE = re.compile(r"^Merge pull request '.*' \(#(\d{1,9})\) from ", re.DOTALL)
 _SQUASH_MESSAGE = re.compile(r"\(#(\d{1,9})\)\s*$")
@@ -248,13 +259,16 @@ def _candidates(commit: CommitInfo, reader: GateReader) -> list[tuple[int, PullR
     """Pull requests worth asking about, in order: named by the forge, then by the message."""
     found: dict[int, PullRequest | None] = {}
     pull = reader.pull_for_commit(commit.sha)
-    if pull is None:  # a rebase or fast-forward: the forge names only the last commit it landed
+    if pull is not None:
+        found[pull.number] = pull
+    else:  # a rebase or fast-forward: the forge names only the last commit it landed
         for sha in reader.after(commit.sha, LANDING_WINDOW):
             pull = reader.pull_for_commit(sha)
             if pull is not None:
-                break  # the first pull request landing after the change is the one that can have brought it
-    if pull is not None:
-        found[pull.number] = pull
+                found.setdefault(pull.number, pull)  # every one is checked in full; a marked-merged one hides none
+            landed = reader.commit(sha)
+            if landed is not None and len(landed.parents) > 1:
+                break  # a rebase or fast-forward run is linear: a merge commit ends it
     named = _number_in_message(commit.message)
     if named is not None and named not in found:
         found[named] = reader.pull(named)
@@ -281,7 +295,7 @@ def _landing_problem(
     if not reader.is_ancestor(commit.sha, merge):
         return f"this content came from commit {_describe_commit(commit)}, after pull request #{number} merged"
     landed = reader.commit(merge)
-    if landed is not None and len(landed.parents) > 1 and commit.sha != merge:
+    if landed is not None and len(landed.parents) > 1 and commit.sha != merge and merge != pull.head_sha:
         return f"pull request #{number}'s merge commit {merge[:7]} did not change {path}; commit {_describe_commit(commit)} did"
     fork = pull.merge_base
     if not fork:
@@ -292,6 +306,11 @@ def _landing_problem(
         return f"commit {_describe_commit(commit)} was on {primary_branch} before pull request #{number} forked; its diff never showed {path}"
     if reader.content_at(fork, path) == content:
         return f"pull request #{number} did not change {path} (the same content was at its merge base {fork[:7]})"
+    events = reader.timeline_types(number)
+    if "change_target_branch" in events:
+        return f"pull request #{number}'s target branch was changed: what its reviewers were shown is unknown"
+    if TIMELINE_TRUNCATED in events:
+        return f"pull request #{number}'s timeline is too long to read, so what happened to it is unknown"
     return None
 
 
@@ -354,6 +373,10 @@ def _review_problem(review: Review, pull: PullRequest, path: str, content: bytes
     if at_review != content:
         state = "had no such file" if at_review is None else "held other content"
         return f"{who} approved commit {seen[:7]}, where {path} {state}: the content on main was never approved"
+    # what the admin's diff was shown against: seen's fork from the primary branch as it was before L
+    seen_fork = reader.merge_base(seen, commit.parents[0]) if commit.parents else None
+    if seen_fork is None or reader.content_at(seen_fork, path) == content:
+        return f"{who} approved commit {seen[:7]}, whose diff did not change {path} (it already held this content at {str(seen_fork)[:7]})"
     if reader.is_ancestor(commit.sha, seen) and not (pull.head_sha and reader.is_ancestor(commit.sha, pull.head_sha)):
         return f"{who} approved commit {seen[:7]}, whose history holds commit {commit.sha[:7]} that pull request #{pull.number} did not bring"
     return None

@@ -77,6 +77,15 @@ class GateReaderAdapter:
     def is_ancestor(self, a: str, b: str) -> bool:
         return self._cached(("is-anc", a, b), lambda: self._ops.is_ancestor(a, b))
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        def look() -> str | None:
+            try:
+                return self._ops.merge_base(a, b)
+            except NotFoundError:
+                return None
+
+        return self._cached(("merge-base", a, b), look)
+
     def ensure_commit(self, sha: str, pull_number: int) -> bool:
         return self._cached(("ensure", sha), lambda: self._ops.ensure_commit(sha, pull_number))
 

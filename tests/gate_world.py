@@ -229,6 +229,22 @@ class World:
                 todo.extend(self.commits[sha].parents)
         return False
 
+    def _ancestors(self, sha: str) -> set[str]:
+        out, todo = set(), [sha]
+        while todo:
+            s = todo.pop()
+            if s not in out:
+                out.add(s)
+                todo.extend(self.commits[s].parents)
+        return out
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        if a not in self.commits or b not in self.commits:
+            return None
+        common = self._ancestors(a) & self._ancestors(b)
+        best = [c for c in common if not any(c != d and c in self._ancestors(d) for d in common)]
+        return min(best) if best else None
+
     def ensure_commit(self, sha: str, pull_number: int) -> bool:
         return sha in self.commits and sha not in self.unfetchable
 

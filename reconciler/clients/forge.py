@@ -54,7 +54,9 @@ SYSTEM = "forge"
 PAGE_LIMIT = 50
 """``limit`` asked for on every list; Forgejo caps it at its ``MAX_RESPONSE_ITEMS`` (50)."""
 MAX_PAGES = 200
-"""Lists without a total (the timeline) longer than this many pages are refused rather than cut short."""
+"""Lists without a total (the timeline) are read to at most this many pages."""
+TIMELINE_TRUNCATED = "timeline-truncated"
+"""Added to ``timeline_types`` when the timeline was longer than ``MAX_PAGES`` (``reconciler.gate`` knows it)."""
 MAX_ITEMS = 2_000_000
 """A guard against a server that never ends a list: counted lists (``X-Total-Count``) are read to
 their end whatever their length (an issue tracker of 12,000 issues is 240 pages)."""
@@ -284,7 +286,10 @@ class ForgeClient:
             types.extend(str(row.get("type") or "") for row in rows)
             if len(rows) < PAGE_LIMIT:
                 return types
-        raise PermanentError(f"forge at {self._shown} returned more than {MAX_PAGES} pages of {what}", system=SYSTEM)
+        # Anyone who may comment can lengthen a timeline: past the cap the answer is marked as cut short
+        # (the gate then proves nothing with it) instead of failing every pass.
+        log.warning("%s has more than %d pages; read the first %d only", what, MAX_PAGES, MAX_PAGES)
+        return types + [TIMELINE_TRUNCATED]
 
     def repo_created_at(self, repo: str) -> str:
         """When ``repo`` was created on this forge (RFC 3339); a migrated one: when it was migrated."""

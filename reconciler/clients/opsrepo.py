@@ -1167,7 +1167,7 @@ class OpsRepo:
         self._require_full_history()
         directory = _check_read_path(directory.strip("/"))
         proc = self._run(
-            ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "-z", _check_rev(sha), "--", directory],
+            ["log", "--first-parent", "--diff-merges=first-parent", "--format=%x01%H", "--name-only", "--no-renames", "-z", _check_rev(sha), "--", directory],
             check=False,
         )
         if proc.returncode != 0:
