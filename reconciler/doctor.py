@@ -392,16 +392,21 @@ def _policy_check(client: Any, policy: str, path: str, what: str) -> Check:
 
 def _claim_policy_check(client: Any) -> Check:
     policy = "runner-claim"
+    want = "auth/token/revoke-self"
     try:
         text = client.policy_text(policy)
     except ReconcilerError as exc:
         return Check(False, "vault", f"cannot read policy {policy}: {_error_text(exc)}", 'grant the token read on "sys/policies/acl/runner-*"')
     if text is None:
-        return Check(False, "vault", f"policy {policy} does not exist (actions without secrets cannot run)", "write it: a policy that grants nothing (see jobspecs/)")
+        return Check(False, "vault", f"policy {policy} does not exist (every claim carries it)", f"write it: a policy that grants exactly {want} (update); see jobspecs/")
     granted = granted_paths(text)
-    if granted:
-        return Check(False, "vault", f"policy {policy} grants {', '.join(sorted(granted))} {DASH} it must grant nothing", "rewrite it without allowing rules")
-    return Check(True, "vault", f"policy {policy} grants nothing")
+    if set(granted) != {want}:
+        listed = ", ".join(sorted(granted)) or "nothing"
+        return Check(
+            False, "vault", f"policy {policy} grants {listed} {DASH} it must grant exactly {want}",
+            f'rewrite it to the single rule path "{want}" {{ capabilities = ["update"] }} (runners revoke their own claim with it)',
+        )
+    return Check(True, "vault", f"policy {policy} grants exactly {want}")
 
 
 # --------------------------------------------------------------------------- forge

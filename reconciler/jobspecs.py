@@ -213,10 +213,14 @@ def mount_policy_text(alias: str, *, mount: str = KV_MOUNT, prefix: str = RUNNER
 
 
 def runner_claim_policy_text(*, mount: str = KV_MOUNT, prefix: str = RUNNER_PREFIX) -> str:
-    """``runner-claim``: the claim of a run that declares no secrets; it reads nothing."""
+    """``runner-claim``: carried by every claim token; it grants ``auth/token/revoke-self`` and nothing else.
+
+    Claim tokens have no ``default`` policy, and only ``default`` grants revoke-self: without
+    this the runner could not end its own token right after reading its secrets.
+    """
     return (
-        "# The claim of a run that declares no secrets: it proves the claim and reads nothing.\n"
-        f'path "{mount}/data/{prefix}/*" {{\n  capabilities = ["deny"]\n}}\n'
+        "# Carried by every claim token: the runner revokes its own token before the formula starts.\n"
+        'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}\n'
     )
 
 

@@ -218,10 +218,10 @@ def test_dispatcher_policy_paths_and_capabilities_exactly() -> None:
     }
 
 
-def test_runner_policies_read_exactly_one_path_and_claim_reads_nothing() -> None:
+def test_runner_policies_read_exactly_one_path_and_claim_only_revokes_itself() -> None:
     assert rules(jobspecs.runner_policy_text("GITHUB_TOKEN")) == {"kv/data/disinto/runner/GITHUB_TOKEN": ["read"]}
     assert rules(jobspecs.mount_policy_text("ssh")) == {"kv/data/disinto/runner/mounts/ssh": ["read"]}
-    assert rules(jobspecs.runner_claim_policy_text()) == {"kv/data/disinto/runner/*": ["deny"]}
+    assert rules(jobspecs.runner_claim_policy_text()) == {"auth/token/revoke-self": ["update"]}
     assert rules(jobspecs.sidecar_policy_text()) == {"kv/data/disinto/sidecar/forge": ["read"]}
     assert rules(jobspecs.reconciler_forge_policy_text()) == {"kv/data/disinto/reconciler/forge": ["read"]}
     assert jobspecs.runner_policy_name("NPM_TOKEN") == "runner-NPM_TOKEN"

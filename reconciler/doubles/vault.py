@@ -422,6 +422,8 @@ class TokenRecord:
     wrapped_accessor: str = ""
     response: dict[str, Any] | None = None
     used: bool = False
+    used_at: float | None = None
+    """When the token's last use was spent (unwrap, or the N-th of ``num_uses``): it is tainted from then on."""
 
 
 @dataclass
@@ -515,6 +517,15 @@ class VaultDouble(DoubleServer):
         self._httpd.handle_error = self._handle_error  # type: ignore[method-assign]
         self.root_token = root_token
         self.sealed = False
+        self.reap_delay = 0.0
+        """Seconds a used-up or expired token stays in the token store before Vault's expiration
+        manager revokes it (lazy revocation). Meanwhile ``lookup-accessor`` still answers for it,
+        *tainted*: ``num_uses`` -1 when used up, ``ttl`` <= 0 when expired (``vault/token_store.go``
+        ``lookupInternal(..., tainted=true)``); revoke-accessor of an expired one is 400 "token not found".
+        0 reaps at once."""
+        self.racing_unwrap_500 = False
+        """When set, an unwrap of a wrapping token already used answers 500 "internal error", as the
+        loser of two concurrent unwraps may on a real Vault (``vault/wrapping.go``)."""
         self._clock = clock
         self._offset = 0.0
         self._lock = threading.RLock()
@@ -828,6 +839,7 @@ class VaultDouble(DoubleServer):
             rec.num_uses -= 1
             if rec.num_uses == 0:
                 rec.num_uses = -1  # Vault marks an exhausted token -1 until it is revoked
+                rec.used_at = self.now()
                 self._revoke(rec)
 
     def _envelope(
@@ -934,8 +946,15 @@ class VaultDouble(DoubleServer):
     def _h_wrapping_unwrap(self, ctx: _Ctx) -> Response:
         if ctx.caller is not None and ctx.caller.wrapping and ctx.body.get("token"):
             raise _bad_request("wrapping token in both header and body")  # Vault wants it in one place
+        if self.racing_unwrap_500:
+            value = ctx.body.get("token") or (ctx.req.header("X-Vault-Token") or "")
+            used = self._tokens.get(str(value)) if value else None
+            if used is not None and used.wrapping and used.used:
+                raise VaultHTTPError(500, ["internal error"])
         rec = self._wrapping_target(ctx)
         rec.used = True
+        rec.num_uses = -1  # tainted: revocation pending (vault/token_store.go UseToken)
+        rec.used_at = self.now()
         rec.revoked = True
         rec.revoked_at = self.now()
         inner = dict(rec.response or {})
@@ -1477,12 +1496,43 @@ class VaultDouble(DoubleServer):
             raise _bad_request("invalid accessor")
         return rec
 
+    def _tainted(self, rec: TokenRecord | None) -> bool:
+        """Used up or expired, but not yet reaped (see ``reap_delay``)."""
+        if rec is None:
+            return False
+        now = self.now()
+        if rec.used_at is not None:
+            return now < rec.used_at + self.reap_delay
+        if rec.revoked or rec.expire_time is None:
+            return False
+        return rec.expire_time <= now < rec.expire_time + self.reap_delay
+
     def _h_lookup_accessor(self, ctx: _Ctx) -> Response:
+        accessor = str(ctx.body.get("accessor") or "")
+        rec = self._by_accessor.get(accessor)
+        if accessor and self._tainted(rec) and rec is not None:
+            data = self._lookup_data(rec, show_id=False)
+            if rec.expire_time is not None:
+                data["ttl"] = int(rec.expire_time - self.now())  # <= 0 once expired
+            return self._ok(data)
         return self._ok(self._lookup_data(self._by_live_accessor(ctx), show_id=False))
 
     def _h_revoke_accessor(self, ctx: _Ctx) -> Response:
-        self._revoke(self._by_live_accessor(ctx))
-        return Response.empty(204)
+        """204 for a live token; 400 "token not found" for an expired one not yet reaped; 200 with a
+        warning for an unknown one (current Vault, ``vault/token_store.go`` ``handleUpdateRevokeAccessor``)."""
+        accessor = str(ctx.body.get("accessor") or "")
+        if not accessor:
+            raise _bad_request("missing accessor")
+        rec = self._by_accessor.get(accessor)
+        if self._valid(rec) and rec is not None:
+            self._revoke(rec)
+            return Response.empty(204)
+        if self._tainted(rec) and rec is not None:
+            if rec.used_at is None:
+                raise _bad_request("token not found")
+            rec.used_at = None  # the pending revocation is done now
+            return Response.empty(204)
+        return self._ok(None, warnings=["No token found with this accessor"])
 
     def _h_lookup_self(self, ctx: _Ctx) -> Response:
         assert ctx.caller is not None
@@ -1593,7 +1643,7 @@ def configure_factory(
     For each secret ``NAME``: policy ``runner-NAME`` (read exactly
     ``kv/data/<prefix>/NAME``) and the secret itself (field ``value``). For each
     mount alias: policy ``runner-mount-<alias>`` and ``kv/data/<prefix>/mounts/<alias>``
-    whose fields are file names. Also the ``runner-claim`` policy (reads nothing),
+    whose fields are file names. Also the ``runner-claim`` policy (revoke-self only, on every claim),
     the ``vault-runner`` token role and the reconciler's dispatcher policy; the
     returned token holds that policy (plus ``default``).
     """

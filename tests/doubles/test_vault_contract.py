@@ -594,9 +594,69 @@ def test_revoke_accessor_is_204(vault: VaultDouble) -> None:
     assert record["revoked"] is True and record["live"] is False
     with pytest.raises(hvac_exc.Forbidden):
         client(vault, made["client_token"]).auth.token.lookup_self()
-    # Gone tokens are unknown to Vault: 400 invalid accessor.
+    # A gone token is unknown: current Vault answers 200 with a warning (vault/token_store.go
+    # handleUpdateRevokeAccessor), not an error.
     again = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
-    assert again.status_code == 400 and again.json() == {"errors": ["invalid accessor"]}
+    assert again.status_code == 200 and again.json()["warnings"] == ["No token found with this accessor"]
+    assert again.json()["data"] is None
+    unknown = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": "no-such-accessor"})
+    assert unknown.status_code == 200 and unknown.json()["warnings"] == ["No token found with this accessor"]
+
+
+def test_revoke_accessor_of_an_expired_unreaped_token_is_400_token_not_found(vault: VaultDouble) -> None:
+    """vault/token_store.go handleUpdateRevokeAccessor: lookupByAccessor(tainted=true) finds the entry,
+    then revocation of an expired token fails "token not found" until the expiration manager reaps it."""
+    vault.reap_delay = 30
+    made = client(vault).auth.token.create(policies=["x"], ttl="60s")["auth"]
+    vault.advance(61)
+    resp = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
+    assert resp.status_code == 400 and resp.json() == {"errors": ["token not found"]}
+    vault.advance(30)  # reaped
+    resp = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
+    assert resp.status_code == 200 and resp.json()["warnings"] == ["No token found with this accessor"]
+
+
+def test_lookup_accessor_answers_for_a_tainted_wrapping_token(vault: VaultDouble) -> None:
+    """vault/token_store.go lookupInternal(..., tainted=true), vault/wrapping.go: a just-unwrapped
+    wrapping token awaits lazy revocation and lookup-accessor shows it with num_uses -1."""
+    vault.reap_delay = 5
+    c = client(vault)
+    wrapped = c.auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    assert c.auth.token.lookup_accessor(wrapped["accessor"])["data"]["num_uses"] == 1
+    unwrap = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert unwrap.status_code == 200
+    tainted = c.auth.token.lookup_accessor(wrapped["accessor"])["data"]
+    assert tainted["num_uses"] == -1 and tainted["ttl"] > 0
+    again = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert again.status_code == 400 and again.json() == {"errors": [INVALID_WRAPPING_TOKEN]}
+    vault.advance(5)
+    with pytest.raises(hvac_exc.InvalidRequest, match="invalid accessor"):
+        c.auth.token.lookup_accessor(wrapped["accessor"])
+
+
+def test_lookup_accessor_answers_for_an_expired_unreaped_token_with_ttl_not_positive(vault: VaultDouble) -> None:
+    """vault/token_store.go lookupInternal(..., tainted=true): an expired token not yet reaped shows ttl <= 0."""
+    vault.reap_delay = 10
+    c = client(vault)
+    wrapped = c.auth.token.create(policies=["x"], wrap_ttl="60s")["wrap_info"]
+    vault.advance(62)
+    data = c.auth.token.lookup_accessor(wrapped["accessor"])["data"]
+    assert data["ttl"] <= 0
+    vault.advance(10)
+    with pytest.raises(hvac_exc.InvalidRequest, match="invalid accessor"):
+        c.auth.token.lookup_accessor(wrapped["accessor"])
+
+
+def test_losing_concurrent_unwrap_may_get_500_under_the_switch(vault: VaultDouble) -> None:
+    """vault/wrapping.go: the loser of two concurrent unwraps may see 500 "internal error" (switch on)."""
+    vault.racing_unwrap_500 = True
+    wrapped = client(vault).auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    assert raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"]).status_code == 200
+    loser = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert loser.status_code == 500 and loser.json() == {"errors": ["internal error"]}
+    vault.racing_unwrap_500 = False
+    late = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert late.status_code == 400 and late.json() == {"errors": [INVALID_WRAPPING_TOKEN]}
 
 
 def test_expired_tokens_are_gone_by_accessor(vault: VaultDouble) -> None:
