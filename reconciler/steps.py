@@ -411,8 +411,9 @@ def _resolve_prior(ctx: Context, parent: str, run: RunRecord, prior: claims.Clai
         # between leaves "retiring", which the next process reads the same way); the caller mints anew.
         prior = claims.retire(ctx, run, prior)
         for accessor in (prior.wrapping_accessor, prior.token_accessor):
-            if accessor:
+            if accessor and accessor not in ctx.revoked:
                 ctx.vault.revoke_accessor(accessor)
+                ctx.revoked.add(accessor)
         ctx.claims.pop(run.id, None)
         return None
     if run.attempt != prior.attempt or run.token_accessor != prior.token_accessor:

@@ -102,9 +102,13 @@ class VaultClient:
         attempts: int = 3,
         backoff: float = 0.2,
         session: requests.Session | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        """``attempts``/``backoff``: retries of idempotent calls (seconds, doubled each time, capped at 2 s)."""
+        """``attempts``/``backoff``: retries of idempotent calls (seconds, doubled each time, capped at 2 s);
+        ``clock``: Unix seconds, for comparing KV deletion times (default: the system clock)."""
         self._settings = settings
+        wall = clock or (lambda: datetime.now(timezone.utc).timestamp())
+        self._now: Callable[[], datetime] = lambda: datetime.fromtimestamp(wall(), timezone.utc)
         self._addr = settings.addr.rstrip("/")
         self._attempts = max(1, attempts)
         self._backoff = backoff
@@ -285,7 +289,9 @@ class VaultClient:
         return f"{self._settings.secret_prefix.strip('/')}/{self._segment(name, 'secret')}"
 
     def _kv_live(self, path: str) -> bool:
-        """A KV v2 secret exists only if its current version has no deletion_time and is not destroyed."""
+        """A KV v2 secret is live when its current version is not destroyed and its ``deletion_time``
+        is empty or still in the future (``delete_version_after`` on the mount or the key stamps a
+        future one on every write; the data reads until then: vault-plugin-secrets-kv ``path_data.go``)."""
         mount = self._settings.kv_mount
         try:
             reply = self._read(
@@ -300,7 +306,7 @@ class VaultClient:
         version = (meta.get("versions") or {}).get(str(current))
         if not current or not version:
             return False
-        return not version.get("deletion_time") and not version.get("destroyed")
+        return not version.get("destroyed") and not _deletion_passed(version.get("deletion_time"), self._now())
 
     def _claim_from(self, reply: Any, path: str) -> WrappedClaim:
         """The claim in a wrapped create reply; an unwrapped token is revoked at once and refused."""
@@ -397,6 +403,22 @@ class VaultClient:
         if isinstance(exc, hvac_exc.VaultNotInitialized):
             return TransientError(f"Vault at {self._addr} is not initialized; initialize and unseal it", system=SYSTEM)
         return PermanentError(f"Vault answered {path} unexpectedly while trying to {what}: {message}", system=SYSTEM)
+
+
+def _deletion_passed(value: Any, now: datetime) -> bool:
+    """Whether a KV version's ``deletion_time`` (RFC 3339, "" for none) is at or before ``now``.
+
+    An unreadable value counts as passed: a secret is only ever called live on evidence.
+    """
+    if not value:
+        return False
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when <= now
 
 
 def _json_or_empty(resp: Any) -> dict[str, Any]:

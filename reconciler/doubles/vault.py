@@ -191,6 +191,19 @@ def parse_duration(value: Any, what: str = "duration") -> int:
     return int(seconds)
 
 
+def go_duration(seconds: int) -> str:
+    """A whole number of seconds as Go's ``time.Duration.String()`` prints it (``720h0m0s``, ``0s``)."""
+    if seconds <= 0:
+        return "0s"
+    h, rest = divmod(int(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
+
+
 def _as_bool(value: Any, default: bool = False) -> bool:
     if value is None:
         return default
@@ -443,6 +456,8 @@ class _Secret:
     max_versions: int = 0
     cas_required: bool = False
     custom_metadata: dict[str, str] | None = None
+    delete_version_after: int = 0
+    """Seconds; 0 = the mount's ``kv/config`` setting alone decides."""
 
     def version_meta(self, n: int) -> dict[str, Any]:
         v = self.versions[n]
@@ -532,6 +547,7 @@ class VaultDouble(DoubleServer):
         self._policies: dict[str, str] = {"default": DEFAULT_POLICY}
         self._parsed: dict[str, list[tuple[str, list[str]]]] = {"default": parse_policy(DEFAULT_POLICY)}
         self._kv: dict[str, _Secret] = {}
+        self._kv_config: dict[str, Any] = {"max_versions": 0, "cas_required": False, "delete_version_after": 0}
         self._roles: dict[str, dict[str, Any]] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._by_accessor: dict[str, TokenRecord] = {}
@@ -594,7 +610,7 @@ class VaultDouble(DoubleServer):
             if sec is None or sec.current_version == 0:
                 return None
             v = sec.versions[sec.current_version]
-            return None if v.deletion_time is not None or v.destroyed else dict(v.data or {})
+            return None if self._kv_deleted(v) else dict(v.data or {})
 
     def delete_secret(self, path: str) -> None:
         """Soft-delete the current version of ``<path>`` (metadata stays)."""
@@ -1052,7 +1068,7 @@ class VaultDouble(DoubleServer):
     def _kv_write(self, path: str, data: dict[str, Any], cas: int | None = None) -> int:
         now = self.now()
         sec = self._kv.get(path)
-        if cas is not None or (sec is not None and sec.cas_required):
+        if cas is not None or (sec is not None and sec.cas_required) or self._kv_config["cas_required"]:
             current = sec.current_version if sec else 0
             if cas is None:
                 raise _bad_request("check-and-set parameter required for this call")
@@ -1061,17 +1077,28 @@ class VaultDouble(DoubleServer):
         if sec is None:
             sec = self._kv[path] = _Secret(created_time=now, updated_time=now)
         n = sec.current_version + 1
-        sec.versions[n] = _Version(data=data, created_time=now)
+        sec.versions[n] = _Version(data=data, created_time=now, deletion_time=self._kv_deletion_time(sec, now))
         sec.current_version = n
         sec.updated_time = now
         return n
+
+    def _kv_deleted(self, v: _Version) -> bool:
+        """A version is readable unless destroyed or its deletion time has *passed* (a future one,
+        stamped by ``delete_version_after``, still reads: vault-plugin-secrets-kv ``path_data.go``)."""
+        return v.destroyed or (v.deletion_time is not None and v.deletion_time <= self.now())
 
     def _kv_soft_delete(self, sec: _Secret, versions: Iterable[int]) -> None:
         now = self.now()
         for n in versions:
             v = sec.versions.get(n)
-            if v and v.deletion_time is None and not v.destroyed:
+            if v and not self._kv_deleted(v):
                 v.deletion_time = now
+
+    def _kv_deletion_time(self, sec: _Secret, created: float) -> float | None:
+        """Creation plus the smallest non-zero ``delete_version_after`` of mount and key, or None
+        (vault-plugin-secrets-kv ``delete_version_after.go`` ``deletionTime``)."""
+        choices = [d for d in (int(self._kv_config["delete_version_after"]), sec.delete_version_after) if d > 0]
+        return created + min(choices) if choices else None
 
     def _kv_destroy(self, sec: _Secret, versions: Iterable[int]) -> None:
         for n in versions:
@@ -1094,7 +1121,7 @@ class VaultDouble(DoubleServer):
             "created_time": rfc3339(sec.created_time),
             "current_version": sec.current_version,
             "custom_metadata": sec.custom_metadata,
-            "delete_version_after": "0s",
+            "delete_version_after": go_duration(sec.delete_version_after),
             "max_versions": sec.max_versions,
             "oldest_version": min(existing) if existing else 0,
             "updated_time": rfc3339(sec.updated_time),
@@ -1117,7 +1144,7 @@ class VaultDouble(DoubleServer):
         if v is None:
             raise VaultHTTPError(404, [])
         meta = sec.version_meta(n)
-        if v.deletion_time is not None or v.destroyed:
+        if self._kv_deleted(v):
             # Vault answers 404 but still shows the version's metadata.
             raise VaultHTTPError(404, body=self._envelope({"data": None, "metadata": meta}))
         return self._ok({"data": v.data, "metadata": meta})
@@ -1176,8 +1203,40 @@ class VaultDouble(DoubleServer):
             sec.cas_required = _as_bool(ctx.body["cas_required"])
         if "custom_metadata" in ctx.body:
             sec.custom_metadata = ctx.body["custom_metadata"]
+        if "delete_version_after" in ctx.body:
+            sec.delete_version_after = parse_duration(ctx.body["delete_version_after"], "delete_version_after")
         sec.updated_time = now
         return Response.empty(204)
+
+    def _h_kv_config_read(self, ctx: _Ctx) -> Response:
+        cfg = self._kv_config
+        return self._ok(
+            {
+                "cas_required": cfg["cas_required"],
+                "delete_version_after": go_duration(cfg["delete_version_after"]),
+                "max_versions": cfg["max_versions"],
+            }
+        )
+
+    def _h_kv_config_write(self, ctx: _Ctx) -> Response:
+        """``kv/config``: the mount's ``max_versions``, ``cas_required``, ``delete_version_after``
+        (vault-plugin-secrets-kv ``path_config.go``); later writes stamp future deletion times."""
+        body = ctx.body
+        if "max_versions" in body:
+            self._kv_config["max_versions"] = _as_int(body["max_versions"], "max_versions")
+        if "cas_required" in body:
+            self._kv_config["cas_required"] = _as_bool(body["cas_required"])
+        if "delete_version_after" in body:
+            self._kv_config["delete_version_after"] = parse_duration(body["delete_version_after"], "delete_version_after")
+        return Response.empty(204)
+
+    def configure_kv(self, **fields: Any) -> None:
+        """Write ``kv/config`` directly (``delete_version_after="720h"``, ...)."""
+        with self._lock:
+            for key, value in fields.items():
+                if key == "delete_version_after":
+                    value = parse_duration(value, key)
+                self._kv_config[key] = value
 
     def _h_kv_metadata_delete(self, ctx: _Ctx) -> Response:
         self._kv.pop(ctx.params.get("path", ""), None)
@@ -1595,6 +1654,8 @@ class VaultDouble(DoubleServer):
         on("POST", r"sys/policy/(?P<name>[^/]+)", self._h_policy_write)
         on("DELETE", r"sys/policy/(?P<name>[^/]+)", self._h_policy_delete)
         # KV v2 at "kv"
+        on("GET", r"kv/config", self._h_kv_config_read)
+        on("POST", r"kv/config", self._h_kv_config_write)
         on("GET", r"kv/data/(?P<path>.+)", self._h_kv_read)
         on("POST", r"kv/data/(?P<path>.+)", self._h_kv_write)
         on("DELETE", r"kv/data/(?P<path>.+)", self._h_kv_delete_latest)

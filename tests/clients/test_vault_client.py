@@ -34,6 +34,7 @@ def dispatcher_token(vault: VaultDouble) -> str:
 
 def make_client(vault: VaultDouble, token: str | None, **kw: float) -> VaultClient:
     settings = VaultSettings(addr=vault.address, token=token, timeout=float(kw.pop("timeout", 5.0)))
+    kw.setdefault("clock", vault.now)  # type: ignore[arg-type]  # KV deletion times are compared on the double's clock
     return VaultClient(settings, backoff=0.01, **kw)  # type: ignore[arg-type]
 
 
@@ -352,3 +353,13 @@ def test_no_token_configured_is_a_permanent_error(vault: VaultDouble) -> None:
     vc = make_client(vault, None)
     with pytest.raises(PermanentError, match="VAULT_TOKEN"):
         vc.secret_present("GITHUB_TOKEN")
+
+
+def test_secret_with_a_future_deletion_time_is_present(vault: VaultDouble, dispatcher_token: str) -> None:
+    """delete_version_after on the mount stamps a future deletion_time: still live (vault-plugin-secrets-kv path_data.go)."""
+    vc = make_client(vault, dispatcher_token)
+    vault.configure_kv(delete_version_after="720h")
+    vault.put_secret("disinto/runner/FUTURE", {"value": "v"})
+    assert vc.secret_present("FUTURE")
+    vault.delete_secret("disinto/runner/FUTURE")  # deleted now: the deletion time has passed
+    assert not vc.secret_present("FUTURE")

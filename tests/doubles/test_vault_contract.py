@@ -711,3 +711,37 @@ def test_configure_factory_claim_and_mount_policies(vault: VaultDouble) -> None:
     assert role is not None
     assert role["allowed_policies_glob"] == ["runner-*"] and role["orphan"] is True
     assert role["renewable"] is False and role["token_type"] == "service" and role["token_no_default_policy"] is True
+
+
+# --------------------------------------------------------------------------- KV delete_version_after (rev. 2)
+
+
+def test_kv_config_delete_version_after_stamps_a_future_deletion_time_and_the_data_still_reads(vault: VaultDouble) -> None:
+    """vault-plugin-secrets-kv path_config.go (kv/config), path_data.go (write stamps deletion_time =
+    creation + delete_version_after; a version reads until that time), delete_version_after.go."""
+    c = client(vault)
+    resp = raw(vault, "POST", "kv/config", json={"delete_version_after": "720h"})
+    assert resp.status_code == 204
+    assert raw(vault, "GET", "kv/config").json()["data"]["delete_version_after"] == "720h0m0s"
+    c.secrets.kv.v2.create_or_update_secret("disinto/runner/A", secret={"value": "a"}, mount_point="kv")
+    read = c.secrets.kv.v2.read_secret_version("disinto/runner/A", mount_point="kv", raise_on_deleted_version=True)
+    assert read["data"]["data"] == {"value": "a"}
+    assert read["data"]["metadata"]["deletion_time"] != ""  # in the future, yet readable
+    meta = c.secrets.kv.v2.read_secret_metadata("disinto/runner/A", mount_point="kv")["data"]
+    assert meta["versions"]["1"]["deletion_time"] == read["data"]["metadata"]["deletion_time"]
+    vault.advance(720 * 3600)
+    gone = raw(vault, "GET", "kv/data/disinto/runner/A")
+    assert gone.status_code == 404 and gone.json()["data"]["metadata"]["deletion_time"] != ""
+
+
+def test_kv_key_delete_version_after_takes_the_smaller_non_zero_of_mount_and_key(vault: VaultDouble) -> None:
+    """vault-plugin-secrets-kv delete_version_after.go deletionTime: the minimum non-zero of mount and key."""
+    c = client(vault)
+    raw(vault, "POST", "kv/config", json={"delete_version_after": "720h"})
+    raw(vault, "POST", "kv/metadata/disinto/runner/B", json={"delete_version_after": "1h"})
+    assert c.secrets.kv.v2.read_secret_metadata("disinto/runner/B", mount_point="kv")["data"]["delete_version_after"] == "1h0m0s"
+    c.secrets.kv.v2.create_or_update_secret("disinto/runner/B", secret={"value": "b"}, mount_point="kv")
+    vault.advance(3599)
+    assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 200
+    vault.advance(1)
+    assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 404
