@@ -398,7 +398,8 @@ class VaultClient:
             return PermanentError(
                 f"Vault refused {path} (401) while trying to {what}; check VAULT_TOKEN", system=SYSTEM
             )
-        if isinstance(exc, (hvac_exc.InternalServerError, hvac_exc.BadGateway, hvac_exc.RateLimitExceeded)):
+        if isinstance(exc, (hvac_exc.InternalServerError, hvac_exc.BadGateway, hvac_exc.RateLimitExceeded, hvac_exc.PreconditionFailed)):
+            # 429 (rate-limit quota) and 412 (a performance standby lacking state) are retried, as Vault's client does.
             return TransientError(f"Vault at {self._addr} failed to {what} ({path}): {message}", system=SYSTEM)
         if isinstance(exc, hvac_exc.VaultNotInitialized):
             return TransientError(f"Vault at {self._addr} is not initialized; initialize and unseal it", system=SYSTEM)

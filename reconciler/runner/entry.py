@@ -302,6 +302,25 @@ def _claim_error(step: str, err: VaultCallError) -> RunnerError:
     return RunnerError(RunnerExit.VAULT_ERROR, step, str(err))
 
 
+def _after_failed_unwrap(vault: VaultSession, wrapping_token: str, err: VaultCallError) -> RunnerError:
+    """A 500 from unwrap: the loser of two concurrent unwraps may get it (``vault/wrapping.go``).
+
+    The wrapping token tells: no longer valid -> another copy took the claim (``claim_taken``);
+    still valid -> nothing was consumed and Vault really failed (``vault_error``).
+    """
+    try:
+        vault.wrapping_lookup(wrapping_token)
+    except VaultCallError as lookup_err:
+        if lookup_err.status == 400 and any(INVALID_WRAPPING_TOKEN in e for e in lookup_err.errors):
+            return RunnerError(
+                RunnerExit.CLAIM_TAKEN,
+                "claim",
+                "unwrap failed (HTTP 500) and the wrapping token is now used: another copy of this attempt took the "
+                "claim at the same moment; not running anything",
+            )
+    return RunnerError(RunnerExit.VAULT_ERROR, "claim", str(err))
+
+
 def take_claim(vault: VaultSession, wrapping_token: str, role: str, expected_accessor: str) -> Claim:
     """Check where the wrapping token was minted, unwrap it once, and check its token's accessor."""
     expected_path = f"auth/token/create/{role}"
@@ -320,6 +339,8 @@ def take_claim(vault: VaultSession, wrapping_token: str, role: str, expected_acc
     try:
         reply = vault.unwrap(wrapping_token)
     except VaultCallError as err:
+        if err.status == 500:
+            raise _after_failed_unwrap(vault, wrapping_token, err) from err
         raise _claim_error("claim", err) from err
     auth = reply.get("auth") or {}
     token, accessor = str(auth.get("client_token") or ""), str(auth.get("accessor") or "")

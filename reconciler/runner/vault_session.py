@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import requests
 
-RETRYABLE_STATUS = (500, 502, 503, 504)
+#: 412: a performance standby lacks the state yet; 429: a rate-limit quota. Vault's own client retries both.
+RETRYABLE_STATUS = (412, 429, 500, 502, 503, 504)
 
 
 class VaultCallError(Exception):
@@ -118,7 +119,7 @@ class VaultSession:
                 if reply.status_code not in RETRYABLE_STATUS:
                     raise error
             if attempt < attempts:
-                self._sleep(self._backoff * attempt)
+                self._sleep(self._backoff * 2 ** (attempt - 1))
         raise error
 
 
