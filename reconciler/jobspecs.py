@@ -155,9 +155,15 @@ def job_variables(settings: Settings, job: str) -> dict[str, str]:
     """
     ns = settings.nomad.namespace
     if job == "vault-runner":
+        tls = settings.vault.tls
         return {
             "namespace": ns,
             "vault_addr": settings.vault.addr,
+            "vault_cacert": tls.cacert or "",
+            "vault_capath": tls.capath or "",
+            "vault_client_cert": tls.client_cert or "",
+            "vault_client_key": tls.client_key or "",
+            "vault_tls_server_name": tls.server_name or "",
             "factory_root": _path_text(settings.actions.factory_root) or "/opt/factory",
         }
     if job == "sidecar":

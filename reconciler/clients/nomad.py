@@ -38,7 +38,9 @@ from nomad.api.base import Requester
 from nomad.api.exceptions import BaseNomadException
 
 from reconciler.clients.errors import ConflictError, NotFoundError, PermanentError, ReconcilerError, TransientError
+from reconciler.clients.http import pooled_session
 from reconciler.settings import NomadSettings
+from reconciler.tls import TLSConfig
 
 __all__ = ["NomadClient", "DispatchResult", "CasConflict", "classify", "translate"]
 
@@ -167,14 +169,15 @@ class NomadClient:
     def __init__(self, settings: NomadSettings, *, session: requests.Session | None = None) -> None:
         self.settings = settings
         self.addr = settings.addr.rstrip("/")
-        self._session = session or requests.Session()
+        self._tls = getattr(settings, "tls", None) or TLSConfig()
+        self._session = session or pooled_session(self.addr, pool=10, tls=self._tls)
         self._nomad = nomad.Nomad(
             address=self.addr,
             token=settings.token,
             namespace=settings.namespace,
             region=settings.region,
             timeout=settings.timeout,  # type: ignore[arg-type]
-            verify=True,
+            verify=self._tls.verify(),
             session=self._session,
         )
         self._pin_settings()
@@ -187,8 +190,9 @@ class NomadClient:
             requester.namespace = self.settings.namespace
             requester.region = self.settings.region
             requester.timeout = self.settings.timeout
-            requester.verify = True
-            requester.cert = ()
+            # python-nomad passes verify/cert per request (winning over the session's): the TLS settings, always.
+            requester.verify = self._tls.verify()
+            requester.cert = self._tls.cert() or ()
             requester.session = self._session
 
     # -- plumbing ------------------------------------------------------------------------

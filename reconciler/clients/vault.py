@@ -36,7 +36,9 @@ import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
+from reconciler.clients.http import pooled_session
 from reconciler.settings import VaultSettings
+from reconciler.tls import TLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,18 @@ class VaultClient:
         self._attempts = max(1, attempts)
         self._backoff = backoff
         # token="" rather than None: hvac would otherwise read VAULT_TOKEN from the environment itself.
+        tls = getattr(settings, "tls", None) or TLSConfig()
+        if session is None:
+            session = pooled_session(self._addr, pool=10, tls=tls)
+        # hvac passes verify/cert with every request (winning over the session's): hand it the same TLS settings.
         self._hvac = hvac.Client(
             url=self._addr,
             token=settings.token or "",
             namespace=settings.namespace or None,
             timeout=settings.timeout,
             session=session,
+            verify=tls.verify(),
+            cert=tls.cert(),
         )
 
     def close(self) -> None:
