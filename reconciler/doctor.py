@@ -29,7 +29,9 @@ import requests
 from reconciler.clients.errors import PermanentError, ReconcilerError, TransientError
 from reconciler.clients.opsrepo import redact
 from reconciler.credentials import CredentialError, TokenSource
+from reconciler.clients.http import pooled_session
 from reconciler.settings import Settings
+from reconciler.tls import ssl_problem
 
 __all__ = ["Check", "run_doctor", "checks", "granted_paths"]
 
@@ -63,12 +65,12 @@ def run_doctor(settings: Settings, *, out: TextIO, session: requests.Session | N
 
 def checks(settings: Settings, *, session: requests.Session | None = None, git_timeout: float = 20.0) -> Iterator[Check]:
     """Every check, in order: Nomad, Vault, the forge, the ops remote."""
-    http = session or requests.Session()
     settings, problems = _resolve_token_files(settings)
     yield from problems
-    yield from _nomad_checks(settings, http)
-    yield from _vault_checks(settings, http)
-    yield from _forge_checks(settings, http)
+    # One session per system, each with that system's TLS settings (NOMAD_CACERT, VAULT_CACERT, ...).
+    yield from _nomad_checks(settings, session or pooled_session(settings.nomad.addr, pool=4, tls=settings.nomad.tls))
+    yield from _vault_checks(settings, session or pooled_session(settings.vault.addr, pool=4, tls=settings.vault.tls))
+    yield from _forge_checks(settings, session or requests.Session())
     yield from _ops_checks(settings, git_timeout)
 
 
@@ -92,10 +94,12 @@ def _resolve_token_files(settings: Settings) -> tuple[Settings, list[Check]]:
     return (replace(settings, **groups) if groups else settings), problems
 
 
-def _get(http: requests.Session, url: str, *, headers: dict[str, str], timeout: float, **kw: Any) -> requests.Response | str:
-    """A GET, or the reason there was no HTTP answer (a string)."""
+def _get(http: requests.Session, url: str, *, headers: dict[str, str], timeout: float, tls_prefix: str = "", **kw: Any) -> requests.Response | str:
+    """A GET, or the reason there was no HTTP answer (a string; a TLS failure names its fix)."""
     try:
         return http.get(url, headers=headers, timeout=timeout, **kw)
+    except requests.exceptions.SSLError as exc:
+        return ssl_problem(exc, tls_prefix or "VAULT")
     except requests.exceptions.ConnectionError:
         return "connection refused or host unreachable"
     except requests.exceptions.Timeout:
@@ -118,7 +122,11 @@ def _nomad_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
     addr = ns.addr.rstrip("/")
     headers = {"X-Nomad-Token": ns.token} if ns.token else {}
     params = {"region": ns.region} if ns.region else {}
-    reply = _get(http, f"{addr}/v1/status/leader", headers=headers, timeout=ns.timeout, params=params)
+    reply = _get(http, f"{addr}/v1/status/leader", headers=headers, timeout=ns.timeout, tls_prefix="NOMAD", params=params)
+    if isinstance(reply, str) and reply.startswith("TLS"):
+        problem, _, fix = reply.partition("; ")
+        yield Check(False, "nomad", f"not usable at {addr}: {problem}", fix or "check NOMAD_CACERT")
+        return
     if isinstance(reply, str):
         yield Check(False, "nomad", f"not reachable at {addr} ({reply})", "start Nomad there or set NOMAD_ADDR to its HTTP API")
         return
@@ -201,7 +209,9 @@ def _vault_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
         client.health()
     except ReconcilerError as exc:
         text = _error_text(exc)
-        if "sealed" in text:
+        if "TLS" in text:
+            text, _, fix = text.partition("; ")
+        elif "sealed" in text:
             fix = "unseal it (vault operator unseal)"
         elif "not initialized" in text:
             fix = "initialize and unseal it"

@@ -111,6 +111,31 @@ class TLSConfig:
         return session
 
 
+def ssl_problem(exc: BaseException, prefix: str) -> str:
+    """A TLS failure in one line with the fix: which variable to set (``prefix``: ``VAULT`` or ``NOMAD``)."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        why = "certificate verify failed"
+        for hint in ("self-signed certificate in certificate chain", "unable to get local issuer certificate", "self-signed certificate", "certificate has expired"):
+            if hint in text:
+                why += f" ({hint})"
+                break
+        return (
+            f"TLS: {why}: the server's certificate is not signed by a CA this process trusts; "
+            f"set {prefix}_CACERT to the CA certificate (PEM) that signed it, or {prefix}_CAPATH to a directory of them"
+        )
+    if "hostname" in text and ("mismatch" in text or "doesn't match" in text or "not valid for" in text):
+        return (
+            f"TLS: the server's certificate does not name the host dialled; use an address it names, "
+            f"or set {prefix}_TLS_SERVER_NAME to a name in the certificate"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return f"TLS: the server does not speak TLS there; use http:// in {prefix}_ADDR"
+    if "certificate required" in text.lower() or "CERTIFICATE_REQUIRED" in text:
+        return f"TLS: the server requires a client certificate; set {prefix}_CLIENT_CERT and {prefix}_CLIENT_KEY"
+    return f"TLS handshake failed ({type(exc).__name__}); check {prefix}_CACERT, {prefix}_CLIENT_CERT/{prefix}_CLIENT_KEY and {prefix}_TLS_SERVER_NAME"
+
+
 class _ServerNameAdapter(HTTPAdapter):
     """Sends ``server_name`` as SNI and checks the certificate against it (``*_TLS_SERVER_NAME``)."""
 
@@ -144,4 +169,4 @@ def _bundle_of(directory: str) -> str:
     return name
 
 
-__all__ = ["TLSConfig", "TLSConfigError"]
+__all__ = ["TLSConfig", "TLSConfigError", "ssl_problem"]

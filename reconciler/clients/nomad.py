@@ -40,7 +40,7 @@ from nomad.api.exceptions import BaseNomadException
 from reconciler.clients.errors import ConflictError, NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.clients.http import pooled_session
 from reconciler.settings import NomadSettings
-from reconciler.tls import TLSConfig
+from reconciler.tls import TLSConfig, ssl_problem
 
 __all__ = ["NomadClient", "DispatchResult", "CasConflict", "classify", "translate"]
 
@@ -128,6 +128,10 @@ def translate(exc: Exception, *, what: str, addr: str) -> ReconcilerError:
             system=SYSTEM,
         )
     if status is None:
+        cause = getattr(exc, "nomad_resp", None)
+        ssl_error = next((e for e in (exc, cause) if isinstance(e, requests.exceptions.SSLError)), None)
+        if ssl_error is not None:
+            return TransientError(f"Nomad at {addr} during {what}: {ssl_problem(ssl_error, 'NOMAD')}", system=SYSTEM)
         return TransientError(f"Nomad at {addr} did not answer {what}: {text}; will try again", system=SYSTEM)
     if kind is NotFoundError:
         return NotFoundError(f"Nomad has no such object ({what}): {text or 'not found'}", system=SYSTEM)

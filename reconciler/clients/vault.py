@@ -38,7 +38,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.clients.http import pooled_session
 from reconciler.settings import VaultSettings
-from reconciler.tls import TLSConfig
+from reconciler.tls import TLSConfig, ssl_problem
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,8 @@ class VaultClient:
                 f"Vault at {self._addr} timed out after {self._settings.timeout:g}s while trying to {what}",
                 system=SYSTEM,
             ) from exc
+        except requests.exceptions.SSLError as exc:
+            raise TransientError(f"Vault at {self._addr} while trying to {what}: {ssl_problem(exc, 'VAULT')}", system=SYSTEM) from exc
         except requests.exceptions.ConnectionError as exc:
             raise TransientError(
                 f"Vault at {self._addr} is unreachable while trying to {what}; check VAULT_ADDR and that Vault runs",

@@ -31,6 +31,7 @@ import json
 import re
 import secrets as _secrets
 import socket
+import ssl
 import string
 import sys
 import threading
@@ -575,8 +576,8 @@ class VaultDouble(DoubleServer):
 
     def _handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet when a client went away before its reply (timeouts, held replies); report anything else."""
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
+            return  # ssl.SSLError: a client that refused the certificate (no CA configured)
         type(self._httpd).handle_error(self._httpd, request, client_address)
 
     def start(self) -> "VaultDouble":
