@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,20 @@ class TLSConfig:
         if self.client_cert and self.client_key:
             return (self.client_cert, self.client_key)
         return None
+
+    def ssl_context(self) -> "ssl.SSLContext":
+        """The same settings for the standard library (``urllib``): CA, client certificate, skip-verify."""
+        context = ssl.create_default_context()
+        verify = self.verify()
+        if verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif isinstance(verify, str):
+            context = ssl.create_default_context(cafile=verify)
+        cert = self.cert()
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
 
     def apply(self, session: requests.Session, *, pool: int = 10) -> requests.Session:
         """Set ``verify`` and ``cert`` on ``session``; with a server name, mount an adapter that sends and checks it."""

@@ -15,7 +15,7 @@ import pytest
 from hcl2 import SerializationOptions
 
 from reconciler import jobspecs
-from reconciler.clients.errors import PermanentError
+from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.clients.nomad import NomadClient
 from reconciler.clients.vault import VaultClient
 from reconciler.doubles.nomad import NomadDouble
@@ -519,3 +519,38 @@ def test_apply_with_a_vault_token_that_may_not_write_policies_fails_loudly(vault
         "vault refused read policy reconciler-dispatcher: HTTP 403: 1 error occurred: permission denied; "
         "check the operator token"
     )
+
+
+class _PreGlobVault(jobspecs.VaultHTTP):
+    """A Vault older than 1.9: it accepts the role but silently drops the *_glob fields."""
+
+    def write_role(self, name, fields):
+        super().write_role(name, {k: v for k, v in fields.items() if not k.endswith("_glob")})
+
+
+def test_apply_reads_the_role_back_and_fails_loudly_when_the_globs_were_ignored(vault: VaultDouble) -> None:
+    with pytest.raises(PermanentError) as refused:
+        jobspecs.apply(Settings(), _NoJobs(), _PreGlobVault(vault.address, vault.root_token), jobs=[], nomad_acl=_NoACL())
+    text = str(refused.value)
+    assert "does not hold what was written" in text and "allowed_policies_glob" in text and "older than 1.9" in text
+    # A server that keeps them: applied, and read back equal.
+    report = jobspecs.apply(Settings(), _NoJobs(), jobspecs.VaultHTTP(vault.address, vault.root_token), jobs=[], nomad_acl=_NoACL())
+    assert any(i.kind == "vault-role" and i.status == "updated" for i in report.items)
+
+
+def test_apply_reaches_an_https_vault_with_vault_cacert(tmp_path) -> None:
+    from reconciler.doubles.tls_material import make_tls_material
+    from reconciler.tls import TLSConfig
+
+    material = make_tls_material(tmp_path / "tls")
+    double = VaultDouble(root_token="root")
+    double.serve_tls(str(material.server_cert), str(material.server_key))
+    double.start()
+    try:
+        admin = jobspecs.VaultHTTP(double.address, "root", tls=TLSConfig(cacert=str(material.ca_cert)))
+        jobspecs.apply(Settings(), _NoJobs(), admin, jobs=[], nomad_acl=_NoACL())
+        assert double.role("vault-runner")["allowed_policies_glob"] == ["runner-*"]
+        with pytest.raises(TransientError):
+            jobspecs.VaultHTTP(double.address, "root").read_role("vault-runner")  # no CA: the handshake fails
+    finally:
+        double.stop()
