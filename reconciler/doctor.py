@@ -231,20 +231,34 @@ def _vault_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
     if isinstance(reply, str):
         yield Check(False, "vault", f"stopped answering at {addr} ({reply})", "check Vault")
         return
-    if reply.status_code != 200:
+    if reply.status_code == 403:
+        # Only the default policy grants lookup-self; a dispatcher token without it is normal. Vault
+        # answers 403 for an unknown token too: a read the dispatcher policy grants tells them apart.
+        try:
+            client.policy_text("runner-claim")
+        except ReconcilerError:
+            yield Check(
+                False, "vault", f"at {addr} refused the token ({_vault_errors(reply)})",
+                "VAULT_TOKEN is expired, revoked or unknown: issue a new token with the reconciler-dispatcher policy",
+            )
+            return
+        yield Check(True, "vault", "token valid (no default policy: lookup-self is not granted, which is fine)")
+    elif reply.status_code != 200:
         yield Check(
             False, "vault", f"at {addr} refused the token ({_vault_errors(reply)})",
             "VAULT_TOKEN is expired, revoked or unknown: issue a new token with the reconciler-dispatcher policy",
         )
         return
-    data = (reply.json() or {}).get("data") or {}
-    policies = ", ".join(sorted(set(data.get("policies") or []) | set(data.get("identity_policies") or []))) or "none"
-    ttl = data.get("ttl")
-    ttl_text = "no expiry" if not ttl else f"expires in {int(ttl) // 3600} h {int(ttl) % 3600 // 60} min"
-    yield Check(True, "vault", f"token valid (policies: {policies}; {ttl_text})")
+    else:
+        data = (reply.json() or {}).get("data") or {}
+        policies = ", ".join(sorted(set(data.get("policies") or []) | set(data.get("identity_policies") or []))) or "none"
+        ttl = data.get("ttl")
+        ttl_text = "no expiry" if not ttl else f"expires in {int(ttl) // 3600} h {int(ttl) % 3600 // 60} min"
+        yield Check(True, "vault", f"token valid (policies: {policies}; {ttl_text})")
 
     yield from _vault_capabilities(settings, http, headers, client)
     yield from _runner_policies(settings, client)
+    yield _role_check(settings, client)
 
 
 def _vault_errors(resp: requests.Response) -> str:
@@ -268,8 +282,9 @@ def _needed_capabilities(settings: Settings) -> dict[str, str]:
         f"auth/token/create/{vs.token_role}": "update",
         "auth/token/lookup-accessor": "update",
         "auth/token/revoke-accessor": "update",
-        "sys/wrapping/lookup": "update",
+        f"auth/token/roles/{vs.token_role}": "read",
     }
+    # sys/wrapping/lookup is left out: it is unauthenticated, no capability applies to it.
 
 
 def _vault_capabilities(settings: Settings, http: requests.Session, headers: dict[str, str], client: Any) -> Iterator[Check]:
@@ -315,7 +330,11 @@ def _probe_capabilities(settings: Settings, http: requests.Session, headers: dic
         url = f"{addr}/v1/{path}"
         if path.startswith("auth/token/create/"):
             continue
-        if cap == "read":
+        if cap == "read" and path.startswith(f"{vs.kv_mount}/data/"):
+            # Never read a real secret value: an absent sibling under the same rule answers 404 (allowed) or 403.
+            absent = f"{addr}/v1/{path.rsplit('/', 1)[0]}/doctor-probe-absent"
+            probes[path] = lambda url=absent: http.get(url, headers=headers, timeout=vs.timeout)
+        elif cap == "read":
             probes[path] = lambda url=url: http.get(url, headers=headers, timeout=vs.timeout)
         elif path.endswith("-accessor"):
             probes[path] = lambda url=url: http.post(url, headers=headers, json={"accessor": "doctor-probe-not-an-accessor"}, timeout=vs.timeout)
@@ -365,6 +384,23 @@ def granted_paths(policy_text: str) -> dict[str, set[str]]:
         caps.discard("")
         rules.setdefault(m.group(1), set()).update(caps)
     return {p: c for p, c in rules.items() if c - {"deny"} and "deny" not in c}
+
+
+def _role_check(settings: Settings, client: Any) -> Check:
+    """The token role holds what ``jobspecs apply`` writes (a Vault < 1.9 silently drops the glob fields)."""
+    from reconciler import jobspecs
+
+    role = settings.vault.token_role
+    try:
+        live = client.token_role(role)
+    except ReconcilerError as exc:
+        return Check(False, "vault", f"cannot read token role {role}: {_error_text(exc)}", f'grant the token read on "auth/token/roles/{role}" (reconciler jobspecs apply)')
+    if live is None:
+        return Check(False, "vault", f"token role {role} does not exist", "create it: reconciler jobspecs apply")
+    problem = jobspecs.role_problem(live, jobspecs.runner_role_fields(settings))
+    if problem:
+        return Check(False, "vault", f"token role {role} differs from the jobspecs: {problem}", "reconciler jobspecs apply (on Vault >= 1.9: older ones ignore the glob fields)")
+    return Check(True, "vault", f"token role {role} holds what the jobspecs write")
 
 
 def _runner_policies(settings: Settings, client: Any) -> Iterator[Check]:

@@ -259,6 +259,11 @@ path "auth/token/lookup-accessor" {{
 path "auth/token/revoke-accessor" {{
   capabilities = ["update"]
 }}
+
+# Let `reconciler doctor` check the token role (read only).
+path "auth/token/roles/{role}" {{
+  capabilities = ["read"]
+}}
 """
 
 
@@ -671,6 +676,11 @@ def _apply_vault(settings: Settings, vault: VaultAdmin, report: ApplyReport, emi
         item = ApplyItem("vault-role", role, "created" if live_role is None else "updated")
     report.items.append(item)
     emit(item.line())
+
+
+def role_problem(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str | None:
+    """None when ``live`` holds every ``wanted`` field, else what differs (for ``doctor``)."""
+    return None if _same_role(live, wanted) else _role_difference(live, wanted)
 
 
 def _role_difference(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str:

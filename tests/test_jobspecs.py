@@ -217,6 +217,7 @@ def test_dispatcher_policy_paths_and_capabilities_exactly() -> None:
         "auth/token/create/vault-runner": ["update"],
         "auth/token/lookup-accessor": ["update"],
         "auth/token/revoke-accessor": ["update"],
+        "auth/token/roles/vault-runner": ["read"],
     }
 
 

@@ -255,6 +255,15 @@ class VaultClient:
         except NotFoundError:
             log.debug("token accessor %s already gone", accessor)
 
+    def token_role(self, name: str) -> dict[str, Any] | None:
+        """The fields of token role ``name`` (``auth/token/roles/<name>``), or None when it does not exist."""
+        path = f"auth/token/roles/{name}"
+        try:
+            reply = self._read(f"read token role {name}", path, lambda: self._hvac.adapter.get(f"/v1/{path}"))
+        except NotFoundError:
+            return None
+        return dict((reply or {}).get("data") or {}) if isinstance(reply, dict) else None
+
     def wrapping_lookup(self, token: str) -> dict[str, Any] | None:
         """``creation_path``, ``creation_ttl``, ``creation_time`` of a wrapping token, without using it; None when invalid."""
         try:
