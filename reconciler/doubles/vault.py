@@ -485,12 +485,12 @@ _ROLE_DEFAULTS: dict[str, Any] = {
     "token_explicit_max_ttl": 0,
     "token_num_uses": 0,
     "token_period": 0,
-    "token_ttl": 0,
-    "token_max_ttl": 0,
     "token_bound_cidrs": [],
 }
 _ROLE_LISTS = ("allowed_policies", "allowed_policies_glob", "disallowed_policies", "disallowed_policies_glob")
-_ROLE_DURATIONS = ("token_explicit_max_ttl", "token_period", "token_ttl", "token_max_ttl")
+_ROLE_DURATIONS = ("token_explicit_max_ttl", "token_period")
+# vault/token_store.go: token roles take only these tokenutil fields (AddTokenFieldsWithAllowList);
+# there is no token_ttl / token_max_ttl, and unknown fields are ignored with a warning.
 _TOKEN_TYPES = ("service", "batch", "default-service", "default-batch", "default")
 
 
@@ -1257,7 +1257,9 @@ class VaultDouble(DoubleServer):
         return self._ok({"keys": sorted(keys)})
 
     # ------------------------------------------------------------------ token roles
-    def _role_write(self, name: str, fields: dict[str, Any]) -> None:
+    def _role_write(self, name: str, fields: dict[str, Any]) -> list[str]:
+        """Write the role; returns the fields Vault ignores (unknown to token roles)."""
+        ignored: list[str] = []
         key = name.strip().lower()
         if not key:
             raise _bad_request("role name must be provided")
@@ -1288,8 +1290,9 @@ class VaultDouble(DoubleServer):
             elif k in _ROLE_DEFAULTS:
                 role[k] = v
             else:
-                raise _bad_request(f"unknown role field {k!r}")
+                ignored.append(k)
         self._roles[key] = role
+        return ignored
 
     def _role_view(self, role: dict[str, Any]) -> dict[str, Any]:
         out = dict(role)
@@ -1298,7 +1301,10 @@ class VaultDouble(DoubleServer):
         return out
 
     def _h_role_write(self, ctx: _Ctx) -> Response:
-        self._role_write(ctx.params["role"], ctx.body)
+        ignored = self._role_write(ctx.params["role"], ctx.body)
+        if ignored:
+            # vault/logical/framework: unknown parameters are dropped, and the reply says so.
+            return self._ok(None, warnings=[f"Endpoint ignored these unrecognized parameters: [{' '.join(sorted(ignored))}]"])
         return Response.empty(204)
 
     def _h_role_read(self, ctx: _Ctx) -> Response:
@@ -1377,13 +1383,18 @@ class VaultDouble(DoubleServer):
         requested = _str_list(body.get("policies"))
         no_default = _as_bool(body.get("no_default_policy"))
         parent_root = "root" in parent.policies
-        if role is not None:
-            no_default = no_default or role["token_no_default_policy"]
         if role is not None and (
             role["allowed_policies"] or role["allowed_policies_glob"] or role["disallowed_policies"]
             or role["disallowed_policies_glob"]
         ):
-            add_default = not no_default and "default" not in role["disallowed_policies"]
+            # vault/token_store.go handleCreateCommon: only a role with lists may drop default itself
+            # (token_no_default_policy, or default disallowed literally or by glob).
+            no_default = no_default or role["token_no_default_policy"]
+            add_default = (
+                not no_default
+                and "default" not in role["disallowed_policies"]
+                and not any(_glob_match(g, "default") for g in role["disallowed_policies_glob"])
+            )
             final = sanitize_policies(requested, add_default) if requested else []
             globs = role["allowed_policies_glob"]
             if role["allowed_policies"] or globs:
@@ -1482,9 +1493,6 @@ class VaultDouble(DoubleServer):
                         f"{min(explicit, role['token_explicit_max_ttl'])} seconds"
                     )
                 explicit = min(explicit or role["token_explicit_max_ttl"], role["token_explicit_max_ttl"])
-            ttl = ttl or role["token_ttl"]
-            if role["token_max_ttl"]:
-                max_ttl = min(max_ttl, role["token_max_ttl"])
             if role["token_num_uses"]:
                 num_uses = min(num_uses or role["token_num_uses"], role["token_num_uses"])
         suffix = f"/{role['path_suffix']}" if role and role["path_suffix"] else ""

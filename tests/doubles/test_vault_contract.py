@@ -745,3 +745,33 @@ def test_kv_key_delete_version_after_takes_the_smaller_non_zero_of_mount_and_key
     assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 200
     vault.advance(1)
     assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 404
+
+
+# --------------------------------------------------------------------------- token roles (rev. 2)
+
+
+def test_role_default_policy_rules_apply_only_to_roles_with_lists(vault: VaultDouble) -> None:
+    """vault/token_store.go handleCreateCommon: default is added unless the request says
+    no_default_policy or - only for a role with allowed/disallowed lists - the role says
+    token_no_default_policy or disallows default (literally or by glob)."""
+    c = client(vault)
+    put_role(c, "plain", token_no_default_policy=True)  # no lists: the role's setting does not drop default
+    assert c.auth.token.create(role_name="plain", policies=["x"])["auth"]["policies"] == ["default", "x"]
+    assert c.auth.token.create(role_name="plain", policies=["x"], no_default_policy=True)["auth"]["policies"] == ["x"]
+    put_role(c, "listed", allowed_policies_glob=["x*"], token_no_default_policy=True)
+    assert c.auth.token.create(role_name="listed", policies=["x"])["auth"]["policies"] == ["x"]
+    put_role(c, "globbed", allowed_policies_glob=["x*"], disallowed_policies_glob=["default"])
+    assert c.auth.token.create(role_name="globbed", policies=["x"])["auth"]["policies"] == ["x"]
+    put_role(c, "listed-default", allowed_policies_glob=["x*"])
+    assert c.auth.token.create(role_name="listed-default", policies=["x"])["auth"]["policies"] == ["default", "x"]
+
+
+def test_token_roles_have_no_token_ttl_and_ignore_unknown_fields_with_a_warning(vault: VaultDouble) -> None:
+    """vault/token_store.go: token roles take only token_bound_cidrs, token_explicit_max_ttl, token_period,
+    token_type, token_no_default_policy, token_num_uses of the tokenutil fields; others are ignored (warning)."""
+    resp = raw(vault, "POST", "auth/token/roles/r", json={"allowed_policies": ["x"], "token_ttl": "1h", "token_max_ttl": "2h", "bogus": 1})
+    assert resp.status_code == 200
+    assert resp.json()["warnings"] == ["Endpoint ignored these unrecognized parameters: [bogus token_max_ttl token_ttl]"]
+    role = client(vault).adapter.get("/v1/auth/token/roles/r")["data"]
+    assert "token_ttl" not in role and "token_max_ttl" not in role and "bogus" not in role
+    assert raw(vault, "POST", "auth/token/roles/r2", json={"allowed_policies": ["x"]}).status_code == 204
