@@ -118,6 +118,9 @@ class VaultClient:
         tls = getattr(settings, "tls", None) or TLSConfig()
         if session is None:
             session = pooled_session(self._addr, pool=10, tls=tls)
+        # hvac maps 412 (a performance standby lacking state) to UnexpectedError: a response hook
+        # turns it into a TransientError before hvac sees it, so idempotent calls retry it.
+        session.hooks.setdefault("response", []).append(_standby_not_ready)
         # hvac passes verify/cert with every request (winning over the session's): hand it the same TLS settings.
         self._hvac = hvac.Client(
             url=self._addr,
@@ -418,11 +421,22 @@ class VaultClient:
                 f"Vault refused {path} (401) while trying to {what}; check VAULT_TOKEN", system=SYSTEM
             )
         if isinstance(exc, (hvac_exc.InternalServerError, hvac_exc.BadGateway, hvac_exc.RateLimitExceeded, hvac_exc.PreconditionFailed)):
-            # 429 (rate-limit quota) and 412 (a performance standby lacking state) are retried, as Vault's client does.
+            # 429 (rate-limit quota) is retried, as Vault's client does (412: see _standby_not_ready).
             return TransientError(f"Vault at {self._addr} failed to {what} ({path}): {message}", system=SYSTEM)
         if isinstance(exc, hvac_exc.VaultNotInitialized):
             return TransientError(f"Vault at {self._addr} is not initialized; initialize and unseal it", system=SYSTEM)
         return PermanentError(f"Vault answered {path} unexpectedly while trying to {what}: {message}", system=SYSTEM)
+
+
+def _standby_not_ready(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """``requests`` response hook: 412 from Vault is transient (Vault's own client retries it)."""
+    if resp.status_code == 412:
+        raise TransientError(
+            f"Vault answered HTTP 412 for {resp.request.method} {requests.utils.urlparse(resp.url).path}: "
+            "a performance standby does not have the state yet; will try again",
+            system=SYSTEM,
+        )
+    return resp
 
 
 def _deletion_passed(value: Any, now: datetime) -> bool:

@@ -775,3 +775,12 @@ def test_token_roles_have_no_token_ttl_and_ignore_unknown_fields_with_a_warning(
     role = client(vault).adapter.get("/v1/auth/token/roles/r")["data"]
     assert "token_ttl" not in role and "token_max_ttl" not in role and "bogus" not in role
     assert raw(vault, "POST", "auth/token/roles/r2", json={"allowed_policies": ["x"]}).status_code == 204
+
+
+def test_wrapping_lookup_is_unauthenticated(vault: VaultDouble) -> None:
+    """vault/wrapping.go, vault/router.go unauthenticated paths: sys/wrapping/lookup needs no token at all."""
+    info = client(vault).auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    resp = raw(vault, "POST", "sys/wrapping/lookup", token=None, json={"token": info["token"]})
+    assert resp.status_code == 200 and resp.json()["data"]["creation_ttl"] == 300
+    bad = raw(vault, "POST", "sys/wrapping/lookup", token=None, json={"token": "hvs.nothing"})
+    assert bad.status_code == 400 and bad.json() == {"errors": [INVALID_WRAPPING_TOKEN]}
