@@ -778,7 +778,7 @@ def test_token_roles_have_no_token_ttl_and_ignore_unknown_fields_with_a_warning(
 
 
 def test_wrapping_lookup_is_unauthenticated(vault: VaultDouble) -> None:
-    """vault/wrapping.go, vault/router.go unauthenticated paths: sys/wrapping/lookup needs no token at all."""
+    """vault/logical_system.go PathsSpecial Unauthenticated, vault/wrapping.go: sys/wrapping/lookup needs no token at all."""
     info = client(vault).auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
     resp = raw(vault, "POST", "sys/wrapping/lookup", token=None, json={"token": info["token"]})
     assert resp.status_code == 200 and resp.json()["data"]["creation_ttl"] == 300
