@@ -266,7 +266,9 @@ def test_recovery_reads_a_tainted_wrapping_token_as_used(cluster, formula, tmp_p
         assert arrived, f"the dispatch never came; log:\n{svc.log_tail()}"
         wait_for(lambda: formula.finished()[action_id] == 1, 45, "the formula to finish")
         [child] = children_of(cluster, action_id)
-        wait_for(lambda: cluster.nomad.gc() or not children_of(cluster, action_id), 30, "the child to be collected")
+        wait_for(lambda: all(j["Status"] == "dead" for j in children_of(cluster, action_id)), 30, "the child to finish")
+        cluster.nomad.gc()
+        assert children_of(cluster, action_id) == [], "the child was garbage-collected"
         tainted = [w for w in cluster.vault.wrapping_tokens() if w["wrapped_accessor"] == child["Meta"]["wrapped_accessor"]]
         assert tainted and tainted[0]["used"] and tainted[0]["num_uses"] == -1
         svc.until_idle(timeout=60)
