@@ -212,7 +212,7 @@ class VaultClient:
         and dies at its explicit max TTL.
         """
         if not policies:
-            raise PermanentError("mint_claim needs at least one policy (runner-claim when no secrets)", system=SYSTEM)
+            raise PermanentError("mint_claim needs at least one policy (every claim carries runner-claim)", system=SYSTEM)
         role = self._settings.token_role
         path = f"auth/token/create/{role}"
         reply = self._call(
