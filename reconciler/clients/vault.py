@@ -4,7 +4,7 @@
 mints the single-use, response-wrapped claim token of one attempt through the
 ``vault-runner`` token role, follows and revokes claims by accessor, and reports
 Vault's health. It is built on hvac, and works around hvac where hvac and the
-server disagree (``shared/docs/CONTRACTS.md``):
+server disagree (``docs/vault-facts.md``):
 
 * hvac's ``auth.token.create`` sends ``renewable=True`` and
   ``no_default_policy=False`` unless told otherwise: both are always sent

@@ -2,7 +2,7 @@
 
 hvac (and the reconciler's runner) talk to it unchanged. It implements the parts
 of Vault the reconciler and its runner use, with the behaviour listed in
-``shared/docs/CONTRACTS.md``:
+``docs/vault-facts.md`` (each fact with the Vault source file it follows):
 
 * token auth (``X-Vault-Token``) with real ACL evaluation of HCL policies
   (exact paths, trailing ``*`` globs, ``+`` segment wildcards, ``deny``, the
