@@ -15,7 +15,13 @@ of Vault the reconciler and its runner use, with the behaviour listed in
   renewable, token type, explicit max TTL, num uses; create, lookup(-self,
   -accessor), revoke(-self, -accessor), renew-self;
 * response wrapping (``X-Vault-Wrap-TTL``) and ``sys/wrapping/lookup|unwrap``
-  (single use, expiring).
+  (single use, expiring; ``racing_unwrap_500`` makes the loser of a second unwrap
+  get Vault's 500);
+* lazy revocation: with ``reap_delay`` a used-up or expired token stays visible,
+  tainted, to ``lookup-accessor`` (``num_uses`` -1, ``ttl`` <= 0); revoke-accessor
+  answers as current Vault (204 / 200 with a warning / 400 "token not found");
+* ``kv/config`` and the key's ``delete_version_after`` (future deletion times);
+* HTTPS (``serve_tls``) with a test CA (``reconciler.doubles.tls_material``).
 
 Time comes from the injected ``clock`` plus an offset moved by :meth:`advance`,
 so TTL tests never sleep.
