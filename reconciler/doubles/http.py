@@ -214,11 +214,15 @@ class DoubleServer:
         return Response.text("404 page not found", 404)
 
     # -- lifecycle ------------------------------------------------------------
-    def serve_tls(self, certfile: str, keyfile: str) -> "DoubleServer":
+    def serve_tls(self, certfile: str, keyfile: str, *, client_ca: str | None = None) -> "DoubleServer":
         """Serve HTTPS with this certificate (call before ``start``): the handshake runs in each
-        connection's own thread, on its first read, so a client refusing the certificate stalls nobody."""
+        connection's own thread, on its first read, so a client refusing the certificate stalls nobody.
+        ``client_ca``: require a client certificate signed by it (a listener with mutual TLS)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certfile, keyfile)
+        if client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=client_ca)
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._tls = True
         return self

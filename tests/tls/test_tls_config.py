@@ -88,3 +88,20 @@ def test_the_runner_session_honours_vault_cacert(vault, material) -> None:
         bare.wrapping_lookup("hvs.nothing")
     assert info.value.status == 0 and "SSLError" in str(info.value)  # no answer: the handshake failed
     assert requests.get(f"{vault.address}/v1/sys/health", verify=str(material.ca_cert), timeout=5).status_code == 200
+
+
+def test_client_certificate_for_a_mutual_tls_listener(material) -> None:
+    double = VaultDouble(root_token="root")
+    double.serve_tls(str(material.server_cert), str(material.server_key), client_ca=str(material.ca_cert))
+    double.start()
+    try:
+        with_cert = TLSConfig(cacert=str(material.ca_cert), client_cert=str(material.client_cert), client_key=str(material.client_key))
+        assert client(double, with_cert).policy_exists("default")
+        session = VaultSession(double.address, tls=with_cert, attempts=1)
+        with pytest.raises(VaultCallError) as answered:
+            session.kv_read("root", "kv/data/nothing-here")
+        assert answered.value.status == 404
+        with pytest.raises(TransientError, match="VAULT_CLIENT_CERT"):  # the fix is named, whichever alert came first
+            client(double, TLSConfig(cacert=str(material.ca_cert))).policy_exists("default")
+    finally:
+        double.stop()
