@@ -39,6 +39,33 @@ variable "vault_addr" {
   default = "http://127.0.0.1:8200"
 }
 
+# TLS to Vault, as the vault CLI reads it (empty: unset). Paths as the task sees them: the
+# CA certificate is public and belongs in the image (or the node's CA directory), never in meta.
+variable "vault_cacert" {
+  type    = string
+  default = ""
+}
+
+variable "vault_capath" {
+  type    = string
+  default = ""
+}
+
+variable "vault_client_cert" {
+  type    = string
+  default = ""
+}
+
+variable "vault_client_key" {
+  type    = string
+  default = ""
+}
+
+variable "vault_tls_server_name" {
+  type    = string
+  default = ""
+}
+
 variable "factory_root" {
   type    = string
   default = "/opt/factory"
@@ -88,6 +115,11 @@ job "vault-runner" {
 
       env {
         VAULT_ADDR            = var.vault_addr
+        VAULT_CACERT          = var.vault_cacert
+        VAULT_CAPATH          = var.vault_capath
+        VAULT_CLIENT_CERT     = var.vault_client_cert
+        VAULT_CLIENT_KEY      = var.vault_client_key
+        VAULT_TLS_SERVER_NAME = var.vault_tls_server_name
         FACTORY_ROOT          = var.factory_root
         RUNNER_AGENT_COMMAND  = var.agent_command
       }

@@ -33,14 +33,14 @@ def build_context(settings: Settings, store: RunStore, clock: Callable[[], float
 
     from reconciler.clients.http import pooled_session
 
-    def session_for(url: str | None, path: Any, header: str, what: str) -> Any:
-        """A pooled session sized for the step workers; with a token file, it sends the
-        token current at each request (re-read when the file changes)."""
+    def session_for(url: str | None, path: Any, header: str, what: str, tls: Any = None) -> Any:
+        """A pooled session sized for the step workers, with the system's TLS settings; with a
+        token file, it sends the token current at each request (re-read when the file changes)."""
         source = TokenSource.of(None, path, what=what) if path else None
-        return pooled_session(url, auth=HeaderAuth(source, header) if source is not None else None)
+        return pooled_session(url, auth=HeaderAuth(source, header) if source is not None else None, tls=tls)
 
-    nomad_session = session_for(settings.nomad.addr, settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE")
-    vault_session = session_for(settings.vault.addr, settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE")
+    nomad_session = session_for(settings.nomad.addr, settings.nomad.token_file, NOMAD_HEADER, "NOMAD_TOKEN_FILE", settings.nomad.tls)
+    vault_session = session_for(settings.vault.addr, settings.vault.token_file, VAULT_HEADER, "VAULT_TOKEN_FILE", settings.vault.tls)
     forge_source = TokenSource.of(None, settings.forge.token_file, what="FORGE_TOKEN_FILE") if settings.forge.token_file else None
     forge = (
         ForgeClient(settings.forge, token_source=forge_source, session=session_for(settings.forge.url, None, "", "forge"))

@@ -13,9 +13,17 @@ When a run is found in a state that does not know what a previous process did
 
 * a child is recorded or findable by its meta → adopt it;
 * otherwise the attempt's wrapping token tells whether anything could have
-  run: still alive → nothing unwrapped it, nothing ran: revoke it and start a
-  fresh attempt; gone (used or expired) → the work may have run and its child
-  is gone: the outcome is unknown, and the run is never re-run automatically.
+  run: still alive and untainted → nothing unwrapped it, nothing ran: record
+  the claim ``retiring`` (durably, before anything is revoked), revoke it and
+  start a fresh attempt; gone, or tainted (just unwrapped and awaiting lazy
+  revocation, or expired and not yet reaped) → the work may have run and its
+  child is gone: the outcome is unknown, and the run is never re-run
+  automatically.
+
+Recovery is itself crash-safe: a process killed after ``retiring`` was written
+leaves a record the next process reads as "established that nothing ran", so
+it revokes again (idempotent) and supersedes; it never re-reads the revoked
+wrapping token as "used". ``unknown`` only ever means the work may have run.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from reconciler.context import Claim, Context
 from store.models import RunRecord
 
 PREFIX = "reconciler/runs/"
+RETIRING = "retiring"
 
 
 class PriorClaim(Exception):
@@ -47,7 +56,8 @@ class ClaimRecord:
     wrapping_accessor: str
     job_id: str
     state: str
-    """``dispatching`` (recorded before the dispatch call), ``dispatched`` (child confirmed), ``done``."""
+    """``dispatching`` (recorded before the dispatch call), ``dispatched`` (child confirmed), ``done``,
+    ``retiring`` (recovery established nothing ran and is about to revoke the claim and supersede it)."""
     modify_index: int
 
     @classmethod
@@ -176,6 +186,36 @@ def record_child(ctx: Context, run: RunRecord, claim_accessor: str, wrapping_acc
         job_id=job_id,
         state="dispatched",
     )
+
+
+def retire(ctx: Context, run: RunRecord, prior: ClaimRecord) -> ClaimRecord:
+    """Record, before any revocation, that ``prior``'s attempt never ran and its claim is being retired.
+
+    Check-and-set on the record as recovery read it: if it moved (another process, or the
+    child's record), nothing is revoked now and the next pass reads it again.
+    """
+    if prior.state == RETIRING:
+        return prior
+    items = {
+        "run_id": run.id,
+        "action_id": run.action_id or "",
+        "attempt": str(prior.attempt),
+        "idempotency_token": prior.idempotency_token,
+        "token_accessor": prior.token_accessor,
+        "wrapping_accessor": prior.wrapping_accessor,
+        "job_id": prior.job_id,
+        "state": RETIRING,
+    }
+    try:
+        var = ctx.nomad.put_variable(path_for(run.id), items, cas=prior.modify_index)  # type: ignore[attr-defined]
+    except ConflictError as exc:
+        ctx.claim_records.pop(run.id, None)
+        raise TransientError(
+            f"the durable claim of {run.id} changed while recovery was retiring it; reading it again", system="nomad", delay=1.0
+        ) from exc
+    record = ClaimRecord.from_variable(run.id, var or {"Items": items, "ModifyIndex": prior.modify_index})
+    ctx.claim_records[run.id] = record
+    return record
 
 
 def mark_done(ctx: Context, run: RunRecord) -> None:

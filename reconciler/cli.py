@@ -519,7 +519,7 @@ def jobspecs_apply(ctx: click.Context, skip_vault: bool) -> None:
 
     settings = _settings(ctx)
     nomad = NomadClient(settings.nomad)
-    vault = None if skip_vault else js.VaultHTTP(settings.vault.addr, settings.vault.token or "", namespace=settings.vault.namespace)
+    vault = None if skip_vault else js.VaultHTTP(settings.vault.addr, settings.vault.token or "", namespace=settings.vault.namespace, tls=settings.vault.tls)
     acl = js.NomadACLHTTP(settings.nomad.addr, settings.nomad.token or "")
     report = js.apply(settings, nomad, vault, out=click.echo, nomad_acl=acl)
     click.echo("changed" if report.changed else "nothing changed")

@@ -31,7 +31,9 @@ from reconciler.clients.errors import PermanentError, ReconcilerError, Transient
 from reconciler.clients.git_env import MIN_GIT_VERSION, clean_env, git_auth, parse_git_version
 from reconciler.clients.opsrepo import credential_hint, redact
 from reconciler.credentials import CredentialError, TokenSource
+from reconciler.clients.http import pooled_session
 from reconciler.settings import Settings
+from reconciler.tls import ssl_problem
 
 __all__ = ["Check", "run_doctor", "checks", "granted_paths"]
 
@@ -65,12 +67,12 @@ def run_doctor(settings: Settings, *, out: TextIO, session: requests.Session | N
 
 def checks(settings: Settings, *, session: requests.Session | None = None, git_timeout: float = 20.0) -> Iterator[Check]:
     """Every check, in order: Nomad, Vault, the forge, the ops remote."""
-    http = session or requests.Session()
     settings, problems = _resolve_token_files(settings)
     yield from problems
-    yield from _nomad_checks(settings, http)
-    yield from _vault_checks(settings, http)
-    yield from _forge_checks(settings, http)
+    # One session per system, each with that system's TLS settings (NOMAD_CACERT, VAULT_CACERT, ...).
+    yield from _nomad_checks(settings, session or pooled_session(settings.nomad.addr, pool=4, tls=settings.nomad.tls))
+    yield from _vault_checks(settings, session or pooled_session(settings.vault.addr, pool=4, tls=settings.vault.tls))
+    yield from _forge_checks(settings, session or requests.Session())
     yield from _ops_checks(settings, git_timeout)
 
 
@@ -94,10 +96,12 @@ def _resolve_token_files(settings: Settings) -> tuple[Settings, list[Check]]:
     return (replace(settings, **groups) if groups else settings), problems
 
 
-def _get(http: requests.Session, url: str, *, headers: dict[str, str], timeout: float, **kw: Any) -> requests.Response | str:
-    """A GET, or the reason there was no HTTP answer (a string)."""
+def _get(http: requests.Session, url: str, *, headers: dict[str, str], timeout: float, tls_prefix: str = "", **kw: Any) -> requests.Response | str:
+    """A GET, or the reason there was no HTTP answer (a string; a TLS failure names its fix)."""
     try:
         return http.get(url, headers=headers, timeout=timeout, **kw)
+    except requests.exceptions.SSLError as exc:
+        return ssl_problem(exc, tls_prefix or "VAULT")
     except requests.exceptions.ConnectionError:
         return "connection refused or host unreachable"
     except requests.exceptions.Timeout:
@@ -120,7 +124,11 @@ def _nomad_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
     addr = ns.addr.rstrip("/")
     headers = {"X-Nomad-Token": ns.token} if ns.token else {}
     params = {"region": ns.region} if ns.region else {}
-    reply = _get(http, f"{addr}/v1/status/leader", headers=headers, timeout=ns.timeout, params=params)
+    reply = _get(http, f"{addr}/v1/status/leader", headers=headers, timeout=ns.timeout, tls_prefix="NOMAD", params=params)
+    if isinstance(reply, str) and reply.startswith("TLS"):
+        problem, _, fix = reply.partition("; ")
+        yield Check(False, "nomad", f"not usable at {addr}: {problem}", fix or "check NOMAD_CACERT")
+        return
     if isinstance(reply, str):
         yield Check(False, "nomad", f"not reachable at {addr} ({reply})", "start Nomad there or set NOMAD_ADDR to its HTTP API")
         return
@@ -203,7 +211,9 @@ def _vault_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
         client.health()
     except ReconcilerError as exc:
         text = _error_text(exc)
-        if "sealed" in text:
+        if "TLS" in text:
+            text, _, fix = text.partition("; ")
+        elif "sealed" in text:
             fix = "unseal it (vault operator unseal)"
         elif "not initialized" in text:
             fix = "initialize and unseal it"
@@ -223,20 +233,34 @@ def _vault_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
     if isinstance(reply, str):
         yield Check(False, "vault", f"stopped answering at {addr} ({reply})", "check Vault")
         return
-    if reply.status_code != 200:
+    if reply.status_code == 403:
+        # Only the default policy grants lookup-self; a dispatcher token without it is normal. Vault
+        # answers 403 for an unknown token too: a read the dispatcher policy grants tells them apart.
+        try:
+            client.policy_text("runner-claim")
+        except ReconcilerError:
+            yield Check(
+                False, "vault", f"at {addr} refused the token ({_vault_errors(reply)})",
+                "VAULT_TOKEN is expired, revoked or unknown: issue a new token with the reconciler-dispatcher policy",
+            )
+            return
+        yield Check(True, "vault", "token valid (no default policy: lookup-self is not granted, which is fine)")
+    elif reply.status_code != 200:
         yield Check(
             False, "vault", f"at {addr} refused the token ({_vault_errors(reply)})",
             "VAULT_TOKEN is expired, revoked or unknown: issue a new token with the reconciler-dispatcher policy",
         )
         return
-    data = (reply.json() or {}).get("data") or {}
-    policies = ", ".join(sorted(set(data.get("policies") or []) | set(data.get("identity_policies") or []))) or "none"
-    ttl = data.get("ttl")
-    ttl_text = "no expiry" if not ttl else f"expires in {int(ttl) // 3600} h {int(ttl) % 3600 // 60} min"
-    yield Check(True, "vault", f"token valid (policies: {policies}; {ttl_text})")
+    else:
+        data = (reply.json() or {}).get("data") or {}
+        policies = ", ".join(sorted(set(data.get("policies") or []) | set(data.get("identity_policies") or []))) or "none"
+        ttl = data.get("ttl")
+        ttl_text = "no expiry" if not ttl else f"expires in {int(ttl) // 3600} h {int(ttl) % 3600 // 60} min"
+        yield Check(True, "vault", f"token valid (policies: {policies}; {ttl_text})")
 
     yield from _vault_capabilities(settings, http, headers, client)
     yield from _runner_policies(settings, client)
+    yield _role_check(settings, client)
 
 
 def _vault_errors(resp: requests.Response) -> str:
@@ -260,8 +284,9 @@ def _needed_capabilities(settings: Settings) -> dict[str, str]:
         f"auth/token/create/{vs.token_role}": "update",
         "auth/token/lookup-accessor": "update",
         "auth/token/revoke-accessor": "update",
-        "sys/wrapping/lookup": "update",
+        f"auth/token/roles/{vs.token_role}": "read",
     }
+    # sys/wrapping/lookup is left out: it is unauthenticated, no capability applies to it.
 
 
 def _vault_capabilities(settings: Settings, http: requests.Session, headers: dict[str, str], client: Any) -> Iterator[Check]:
@@ -307,7 +332,11 @@ def _probe_capabilities(settings: Settings, http: requests.Session, headers: dic
         url = f"{addr}/v1/{path}"
         if path.startswith("auth/token/create/"):
             continue
-        if cap == "read":
+        if cap == "read" and path.startswith(f"{vs.kv_mount}/data/"):
+            # Never read a real secret value: an absent sibling under the same rule answers 404 (allowed) or 403.
+            absent = f"{addr}/v1/{path.rsplit('/', 1)[0]}/doctor-probe-absent"
+            probes[path] = lambda url=absent: http.get(url, headers=headers, timeout=vs.timeout)
+        elif cap == "read":
             probes[path] = lambda url=url: http.get(url, headers=headers, timeout=vs.timeout)
         elif path.endswith("-accessor"):
             probes[path] = lambda url=url: http.post(url, headers=headers, json={"accessor": "doctor-probe-not-an-accessor"}, timeout=vs.timeout)
@@ -359,6 +388,23 @@ def granted_paths(policy_text: str) -> dict[str, set[str]]:
     return {p: c for p, c in rules.items() if c - {"deny"} and "deny" not in c}
 
 
+def _role_check(settings: Settings, client: Any) -> Check:
+    """The token role holds what ``jobspecs apply`` writes (a Vault < 1.9 silently drops the glob fields)."""
+    from reconciler import jobspecs
+
+    role = settings.vault.token_role
+    try:
+        live = client.token_role(role)
+    except ReconcilerError as exc:
+        return Check(False, "vault", f"cannot read token role {role}: {_error_text(exc)}", f'grant the token read on "auth/token/roles/{role}" (reconciler jobspecs apply)')
+    if live is None:
+        return Check(False, "vault", f"token role {role} does not exist", "create it: reconciler jobspecs apply")
+    problem = jobspecs.role_problem(live, jobspecs.runner_role_fields(settings))
+    if problem:
+        return Check(False, "vault", f"token role {role} differs from the jobspecs: {problem}", "reconciler jobspecs apply (on Vault >= 1.9: older ones ignore the glob fields)")
+    return Check(True, "vault", f"token role {role} holds what the jobspecs write")
+
+
 def _runner_policies(settings: Settings, client: Any) -> Iterator[Check]:
     """Each ``runner-<NAME>`` grants exactly its secret's path; each ``runner-mount-<alias>`` exactly its mount."""
     vs = settings.vault
@@ -394,16 +440,21 @@ def _policy_check(client: Any, policy: str, path: str, what: str) -> Check:
 
 def _claim_policy_check(client: Any) -> Check:
     policy = "runner-claim"
+    want = "auth/token/revoke-self"
     try:
         text = client.policy_text(policy)
     except ReconcilerError as exc:
         return Check(False, "vault", f"cannot read policy {policy}: {_error_text(exc)}", 'grant the token read on "sys/policies/acl/runner-*"')
     if text is None:
-        return Check(False, "vault", f"policy {policy} does not exist (actions without secrets cannot run)", "write it: a policy that grants nothing (see jobspecs/)")
+        return Check(False, "vault", f"policy {policy} does not exist (every claim carries it)", f"write it: a policy that grants exactly {want} (update); see jobspecs/")
     granted = granted_paths(text)
-    if granted:
-        return Check(False, "vault", f"policy {policy} grants {', '.join(sorted(granted))} {DASH} it must grant nothing", "rewrite it without allowing rules")
-    return Check(True, "vault", f"policy {policy} grants nothing")
+    if set(granted) != {want}:
+        listed = ", ".join(sorted(granted)) or "nothing"
+        return Check(
+            False, "vault", f"policy {policy} grants {listed} {DASH} it must grant exactly {want}",
+            f'rewrite it to the single rule path "{want}" {{ capabilities = ["update"] }} (runners revoke their own claim with it)',
+        )
+    return Check(True, "vault", f"policy {policy} grants exactly {want}")
 
 
 # --------------------------------------------------------------------------- forge

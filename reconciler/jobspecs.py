@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
 from reconciler.clients.errors import NotFoundError, PermanentError, TransientError
 from reconciler.settings import Settings
+from reconciler.tls import TLSConfig
 
 __all__ = [
     "RUNNER_META_REQUIRED",
@@ -155,9 +156,15 @@ def job_variables(settings: Settings, job: str) -> dict[str, str]:
     """
     ns = settings.nomad.namespace
     if job == "vault-runner":
+        tls = settings.vault.tls
         return {
             "namespace": ns,
             "vault_addr": settings.vault.addr,
+            "vault_cacert": tls.cacert or "",
+            "vault_capath": tls.capath or "",
+            "vault_client_cert": tls.client_cert or "",
+            "vault_client_key": tls.client_key or "",
+            "vault_tls_server_name": tls.server_name or "",
             "factory_root": _path_text(settings.actions.factory_root) or "/opt/factory",
         }
     if job == "sidecar":
@@ -213,10 +220,14 @@ def mount_policy_text(alias: str, *, mount: str = KV_MOUNT, prefix: str = RUNNER
 
 
 def runner_claim_policy_text(*, mount: str = KV_MOUNT, prefix: str = RUNNER_PREFIX) -> str:
-    """``runner-claim``: the claim of a run that declares no secrets; it reads nothing."""
+    """``runner-claim``: carried by every claim token; it grants ``auth/token/revoke-self`` and nothing else.
+
+    Claim tokens have no ``default`` policy, and only ``default`` grants revoke-self: without
+    this the runner could not end its own token right after reading its secrets.
+    """
     return (
-        "# The claim of a run that declares no secrets: it proves the claim and reads nothing.\n"
-        f'path "{mount}/data/{prefix}/*" {{\n  capabilities = ["deny"]\n}}\n'
+        "# Carried by every claim token: the runner revokes its own token before the formula starts.\n"
+        'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}\n'
     )
 
 
@@ -247,6 +258,11 @@ path "auth/token/lookup-accessor" {{
 }}
 path "auth/token/revoke-accessor" {{
   capabilities = ["update"]
+}}
+
+# Let `reconciler doctor` check the token role (read only).
+path "auth/token/roles/{role}" {{
+  capabilities = ["read"]
 }}
 """
 
@@ -486,10 +502,12 @@ class _HTTP:
 
     system = "http"
 
-    def __init__(self, addr: str, headers: Mapping[str, str], timeout: float) -> None:
+    def __init__(self, addr: str, headers: Mapping[str, str], timeout: float, context: Any = None) -> None:
         self.addr = addr.rstrip("/")
         self._headers = {"Accept": "application/json", **headers}
         self._timeout = timeout
+        self._context = context
+        """An ``ssl.SSLContext`` for HTTPS (``TLSConfig.ssl_context``), else the system defaults."""
 
     def request(self, method: str, path: str, what: str, *, body: Any = None) -> _Reply:
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -498,7 +516,7 @@ class _HTTP:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(f"{self.addr}{path}", data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310 - operator-given URL
+            with urllib.request.urlopen(req, timeout=self._timeout, context=self._context) as resp:  # noqa: S310 - operator-given URL
                 reply = _Reply(resp.status, resp.read().decode("utf-8", errors="replace"))
         except urllib.error.HTTPError as exc:
             reply = _Reply(exc.code, exc.read().decode("utf-8", errors="replace"))
@@ -523,11 +541,14 @@ class VaultHTTP(_HTTP):
         *,
         namespace: str | None = None,
         timeout: float = 10.0,
+        tls: TLSConfig | None = None,
     ) -> None:
+        """``tls``: ``VAULT_CACERT`` & co. (``VAULT_TLS_SERVER_NAME`` is not supported here: urllib dials the address's host)."""
         headers = {"X-Vault-Token": token or ""}
         if namespace:
             headers["X-Vault-Namespace"] = namespace
-        super().__init__(addr, headers, timeout)
+        context = tls.ssl_context() if tls is not None and tls.configured else None
+        super().__init__(addr, headers, timeout, context)
 
     def read_policy(self, name: str) -> str | None:
         try:
@@ -643,9 +664,31 @@ def _apply_vault(settings: Settings, vault: VaultAdmin, report: ApplyReport, emi
         item = ApplyItem("vault-role", role, "unchanged")
     else:
         vault.write_role(role, fields)
+        written = vault.read_role(role)
+        if not _same_role(written, fields):
+            # Vault < 1.9 ignores the *_glob fields: the role would allow any non-root policy.
+            raise PermanentError(
+                f"Vault token role {role} does not hold what was written (read back: {_role_difference(written, fields)}); "
+                "Vault older than 1.9 ignores allowed_policies_glob/disallowed_policies_glob, leaving a role that allows "
+                f"any non-root policy: upgrade Vault, or delete the role (vault delete auth/token/roles/{role})",
+                system="vault",
+            )
         item = ApplyItem("vault-role", role, "created" if live_role is None else "updated")
     report.items.append(item)
     emit(item.line())
+
+
+def role_problem(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str | None:
+    """None when ``live`` holds every ``wanted`` field, else what differs (for ``doctor``)."""
+    return None if _same_role(live, wanted) else _role_difference(live, wanted)
+
+
+def _role_difference(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str:
+    """The wanted role fields the live role lacks or holds otherwise, for an error message."""
+    if live is None:
+        return "no role"
+    wrong = [k for k in wanted if not _same_role({k: live.get(k)}, {k: wanted[k]})]
+    return ", ".join(f"{k}={live.get(k)!r} (wanted {wanted[k]!r})" for k in wrong) or "differs"
 
 
 def _apply_acl(settings: Settings, acl: NomadACLHTTP, report: ApplyReport, emit: Callable[[str], None]) -> None:

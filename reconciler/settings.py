@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from reconciler.tls import TLSConfig, TLSConfigError
+
 DEFAULT_SECRETS = ("CLAWHUB_TOKEN", "GITHUB_TOKEN", "CODEBERG_TOKEN", "DEPLOY_KEY", "NPM_TOKEN", "DOCKER_HUB_TOKEN")
 DEFAULT_MOUNTS = ("ssh", "gpg", "sops")
 
@@ -35,6 +37,8 @@ class NomadSettings:
     sidecar_job: str = "sidecar"
     timeout: float = 10.0
     """Seconds a single (non-blocking) HTTP call may take."""
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    """``NOMAD_CACERT``, ``NOMAD_CAPATH``, ``NOMAD_CLIENT_CERT``/``_KEY``, ``NOMAD_TLS_SERVER_NAME``, ``NOMAD_SKIP_VERIFY``."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class VaultSettings:
     kv_mount: str = "kv"
     secret_prefix: str = "disinto/runner"
     timeout: float = 10.0
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    """``VAULT_CACERT``, ``VAULT_CAPATH``, ``VAULT_CLIENT_CERT``/``_KEY``, ``VAULT_TLS_SERVER_NAME``, ``VAULT_SKIP_VERIFY``."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,14 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "RECONCILER_LOCK_DELAY": ("loop", "lock_delay", _positive_float),
 }
 
-KNOWN_KEYS = tuple(_KEYS)
+TLS_KEYS = tuple(
+    f"{system}_{name}"
+    for system in ("NOMAD", "VAULT")
+    for name in ("CACERT", "CAPATH", "CLIENT_CERT", "CLIENT_KEY", "TLS_SERVER_NAME", "SKIP_VERIFY")
+)
+"""Read from the environment only (as the CLIs read them) into ``nomad.tls`` / ``vault.tls``."""
+
+KNOWN_KEYS = tuple(_KEYS) + TLS_KEYS
 
 
 def load(environ: Mapping[str, str], config_file: Path | None = None) -> Settings:
@@ -284,6 +297,15 @@ def load(environ: Mapping[str, str], config_file: Path | None = None) -> Setting
             raise SettingsError(f"{key}={raw!r} is not valid: {exc}") from None
         (groups[group] if group else top)[name] = value
 
+    for group, prefix in (("nomad", "NOMAD"), ("vault", "VAULT")):
+        try:
+            tls = TLSConfig.from_env(environ, prefix)
+        except TLSConfigError as exc:
+            raise SettingsError(str(exc)) from None
+        problems = tls.problems(prefix)
+        if problems:
+            raise SettingsError("; ".join(problems))
+        groups[group]["tls"] = tls
     forge = groups["forge"]
     if "admin_token" not in forge and "token" in forge:
         forge["admin_token"] = forge["token"]

@@ -191,8 +191,8 @@ def _missing_in_vault(ctx: Context, action: actions.Action) -> list[str]:
 
 
 def claim_policies(run: RunRecord) -> list[str]:
-    policies = [POLICY_PREFIX + s for s in run.secrets] + [MOUNT_POLICY_PREFIX + m for m in run.mounts]
-    return policies or [CLAIM_ONLY_POLICY]
+    """The claim's policies: one per declared secret and mount, and always ``runner-claim`` (revoke-self)."""
+    return [POLICY_PREFIX + s for s in run.secrets] + [MOUNT_POLICY_PREFIX + m for m in run.mounts] + [CLAIM_ONLY_POLICY]
 
 
 def _mint(ctx: Context, run: RunRecord) -> Claim:
@@ -410,12 +410,14 @@ def _resolve_prior(ctx: Context, parent: str, run: RunRecord, prior: claims.Clai
         child = _find_child(ctx, parent, run.id, prior.attempt)
     if child is not None:
         return _adopt(ctx, run, child, prior)
-    alive = ctx.vault.lookup_accessor(prior.wrapping_accessor) if prior.wrapping_accessor else None
-    if alive is not None:
-        # Nobody unwrapped the claim: nothing ran. Retire it; the caller mints and dispatches anew.
+    if prior.state == claims.RETIRING or _unused(ctx.vault.lookup_accessor(prior.wrapping_accessor) if prior.wrapping_accessor else None):
+        # Nobody unwrapped the claim: nothing ran. Say so durably first, then retire it (a kill in
+        # between leaves "retiring", which the next process reads the same way); the caller mints anew.
+        prior = claims.retire(ctx, run, prior)
         for accessor in (prior.wrapping_accessor, prior.token_accessor):
-            if accessor:
+            if accessor and accessor not in ctx.revoked:
                 ctx.vault.revoke_accessor(accessor)
+                ctx.revoked.add(accessor)
         ctx.claims.pop(run.id, None)
         return None
     if run.attempt != prior.attempt or run.token_accessor != prior.token_accessor:
@@ -426,6 +428,23 @@ def _resolve_prior(ctx: Context, parent: str, run: RunRecord, prior: claims.Clai
         f"attempt {prior.attempt} was claimed by an earlier process; its claim token was used or expired but Nomad no longer "
         "holds its child (garbage-collected or purged), so the work may have run: outcome unknown, not re-run (retry only by an operator)",
     )
+
+
+def _unused(info: dict[str, Any] | None) -> bool:
+    """Whether a wrapping token's lookup proves nobody unwrapped it.
+
+    ``lookup-accessor`` also answers for a *tainted* token (``vault/token_store.go``
+    ``lookupInternal(..., tainted=true)``): one just unwrapped and awaiting lazy revocation
+    shows ``num_uses`` -1, an expired one not yet reaped ``ttl`` <= 0. Both count as used.
+    """
+    if info is None:
+        return False
+    try:
+        num_uses = int(info.get("num_uses") or 0)
+        ttl = int(info.get("ttl") or 0)
+    except (TypeError, ValueError):
+        return False
+    return num_uses >= 0 and ttl > 0
 
 
 def _find_child(ctx: Context, parent: str, run_id: str, attempt: int) -> dict[str, Any] | None:

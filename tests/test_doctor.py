@@ -273,3 +273,32 @@ def test_doctor_flags_a_token_in_the_ops_remote_url(factory):
     assert code == 1
     assert any(line.startswith("FAIL git") and "carries a password in its URL" in line for line in lines), lines
     assert factory.forge_token not in "\n".join(lines)
+def test_a_dispatcher_token_without_default_passes_and_no_secret_value_is_read(factory):
+    """Only ``default`` grants lookup-self and sys/capabilities-self (vault/policy.go default policy): a
+    dispatcher token without it is still checked, by probes, and never by reading a real secret value."""
+    from reconciler.doubles.vault import DISPATCHER_POLICY
+
+    token = factory.vault.create_token([DISPATCHER_POLICY], no_default_policy=True, display_name="reconciler")
+    settings = factory.settings()
+    before = len(factory.vault.calls)
+    code, lines = doctor(replace(settings, vault=replace(settings.vault, token=token)))
+    assert code == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "ok   vault token valid (no default policy" in text
+    assert "ok   vault token role vault-runner holds what the jobspecs write" in text
+    assert "sys/wrapping/lookup" not in text  # unauthenticated: no capability to ask for
+    reads = [c.path for c in factory.vault.calls[before:] if c.method == "GET" and c.path.startswith("/v1/kv/data/")]
+    assert reads and all(p.endswith("/doctor-probe-absent") for p in reads), reads
+
+
+def test_a_token_role_without_its_globs_is_reported(factory):
+    """A Vault < 1.9 drops allowed_policies_glob: the role then allows any non-root policy."""
+    role = factory.vault.role("vault-runner")
+    factory.vault.put_role("vault-runner", allowed_policies_glob=[], disallowed_policies_glob=[])
+    try:
+        code, lines = doctor(factory.settings())
+    finally:
+        factory.vault.put_role("vault-runner", **{k: role[k] for k in ("allowed_policies_glob", "disallowed_policies_glob")})
+    assert code == 1
+    (bad,) = failures(lines)
+    assert "token role vault-runner differs from the jobspecs" in bad and "allowed_policies_glob" in bad

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ast
 import io
 import json
@@ -13,7 +15,7 @@ import pytest
 from hcl2 import SerializationOptions
 
 from reconciler import jobspecs
-from reconciler.clients.errors import PermanentError
+from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.clients.nomad import NomadClient
 from reconciler.clients.vault import VaultClient
 from reconciler.doubles.nomad import NomadDouble
@@ -215,13 +217,14 @@ def test_dispatcher_policy_paths_and_capabilities_exactly() -> None:
         "auth/token/create/vault-runner": ["update"],
         "auth/token/lookup-accessor": ["update"],
         "auth/token/revoke-accessor": ["update"],
+        "auth/token/roles/vault-runner": ["read"],
     }
 
 
-def test_runner_policies_read_exactly_one_path_and_claim_reads_nothing() -> None:
+def test_runner_policies_read_exactly_one_path_and_claim_only_revokes_itself() -> None:
     assert rules(jobspecs.runner_policy_text("GITHUB_TOKEN")) == {"kv/data/disinto/runner/GITHUB_TOKEN": ["read"]}
     assert rules(jobspecs.mount_policy_text("ssh")) == {"kv/data/disinto/runner/mounts/ssh": ["read"]}
-    assert rules(jobspecs.runner_claim_policy_text()) == {"kv/data/disinto/runner/*": ["deny"]}
+    assert rules(jobspecs.runner_claim_policy_text()) == {"auth/token/revoke-self": ["update"]}
     assert rules(jobspecs.sidecar_policy_text()) == {"kv/data/disinto/sidecar/forge": ["read"]}
     assert rules(jobspecs.reconciler_forge_policy_text()) == {"kv/data/disinto/reconciler/forge": ["read"]}
     assert jobspecs.runner_policy_name("NPM_TOKEN") == "runner-NPM_TOKEN"
@@ -319,7 +322,7 @@ def test_render_names_every_file_and_shows_variable_values_without_secrets() -> 
         "nomad-acl/operator-register.hcl",
     ):
         assert expected in files
-    assert '#   vault_addr   = "http://vault.example:8200"' in files["vault-runner.hcl"]
+    assert re.search(r'#   vault_addr +=  ?"http://vault\.example:8200"', files["vault-runner.hcl"]), files["vault-runner.hcl"][:600]
     assert files["vault-runner.hcl"].endswith(jobspecs.jobspec_text("vault-runner"))
     for text in files.values():
         assert "nomad-secret-token" not in text and "hvs.vault-secret-token" not in text
@@ -517,3 +520,38 @@ def test_apply_with_a_vault_token_that_may_not_write_policies_fails_loudly(vault
         "vault refused read policy reconciler-dispatcher: HTTP 403: 1 error occurred: permission denied; "
         "check the operator token"
     )
+
+
+class _PreGlobVault(jobspecs.VaultHTTP):
+    """A Vault older than 1.9: it accepts the role but silently drops the *_glob fields."""
+
+    def write_role(self, name, fields):
+        super().write_role(name, {k: v for k, v in fields.items() if not k.endswith("_glob")})
+
+
+def test_apply_reads_the_role_back_and_fails_loudly_when_the_globs_were_ignored(vault: VaultDouble) -> None:
+    with pytest.raises(PermanentError) as refused:
+        jobspecs.apply(Settings(), _NoJobs(), _PreGlobVault(vault.address, vault.root_token), jobs=[], nomad_acl=_NoACL())
+    text = str(refused.value)
+    assert "does not hold what was written" in text and "allowed_policies_glob" in text and "older than 1.9" in text
+    # A server that keeps them: applied, and read back equal.
+    report = jobspecs.apply(Settings(), _NoJobs(), jobspecs.VaultHTTP(vault.address, vault.root_token), jobs=[], nomad_acl=_NoACL())
+    assert any(i.kind == "vault-role" and i.status == "updated" for i in report.items)
+
+
+def test_apply_reaches_an_https_vault_with_vault_cacert(tmp_path) -> None:
+    from reconciler.doubles.tls_material import make_tls_material
+    from reconciler.tls import TLSConfig
+
+    material = make_tls_material(tmp_path / "tls")
+    double = VaultDouble(root_token="root")
+    double.serve_tls(str(material.server_cert), str(material.server_key))
+    double.start()
+    try:
+        admin = jobspecs.VaultHTTP(double.address, "root", tls=TLSConfig(cacert=str(material.ca_cert)))
+        jobspecs.apply(Settings(), _NoJobs(), admin, jobs=[], nomad_acl=_NoACL())
+        assert double.role("vault-runner")["allowed_policies_glob"] == ["runner-*"]
+        with pytest.raises(TransientError):
+            jobspecs.VaultHTTP(double.address, "root").read_role("vault-runner")  # no CA: the handshake fails
+    finally:
+        double.stop()

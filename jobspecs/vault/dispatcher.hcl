@@ -23,3 +23,8 @@ path "auth/token/lookup-accessor" {
 path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
+
+# Let `reconciler doctor` check the token role (read only).
+path "auth/token/roles/vault-runner" {
+  capabilities = ["read"]
+}

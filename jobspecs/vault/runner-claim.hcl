@@ -1,4 +1,4 @@
-# The claim of a run that declares no secrets: it proves the claim and reads nothing.
-path "kv/data/disinto/runner/*" {
-  capabilities = ["deny"]
+# Carried by every claim token: the runner revokes its own token before the formula starts.
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
 }

@@ -17,9 +17,14 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from reconciler.tls import TLSConfig
 
-def pooled_session(url: str | None, *, auth: Any = None, pool: int = 32) -> requests.Session:
-    """A session for ``url`` with ``pool`` keep-alive connections and the environment read once."""
+
+def pooled_session(url: str | None, *, auth: Any = None, pool: int = 32, tls: TLSConfig | None = None) -> requests.Session:
+    """A session for ``url`` with ``pool`` keep-alive connections and the environment read once.
+
+    ``tls`` (the system's ``*_CACERT`` ... settings) wins over ``REQUESTS_CA_BUNDLE``.
+    """
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool)
     session.mount("http://", adapter)
@@ -30,6 +35,8 @@ def pooled_session(url: str | None, *, auth: Any = None, pool: int = 32) -> requ
         if bundle:
             session.verify = bundle
         session.trust_env = False
+    if tls is not None and tls.configured:
+        tls.apply(session, pool=pool)
     if auth is not None:
         session.auth = auth
     return session

@@ -38,7 +38,9 @@ from nomad.api.base import Requester
 from nomad.api.exceptions import BaseNomadException
 
 from reconciler.clients.errors import ConflictError, NotFoundError, PermanentError, ReconcilerError, TransientError
+from reconciler.clients.http import pooled_session
 from reconciler.settings import NomadSettings
+from reconciler.tls import TLSConfig, ssl_problem
 
 __all__ = ["NomadClient", "DispatchResult", "CasConflict", "classify", "translate"]
 
@@ -126,6 +128,10 @@ def translate(exc: Exception, *, what: str, addr: str) -> ReconcilerError:
             system=SYSTEM,
         )
     if status is None:
+        cause = getattr(exc, "nomad_resp", None)
+        ssl_error = next((e for e in (exc, cause) if isinstance(e, requests.exceptions.SSLError)), None)
+        if ssl_error is not None:
+            return TransientError(f"Nomad at {addr} during {what}: {ssl_problem(ssl_error, 'NOMAD')}", system=SYSTEM)
         return TransientError(f"Nomad at {addr} did not answer {what}: {text}; will try again", system=SYSTEM)
     if kind is NotFoundError:
         return NotFoundError(f"Nomad has no such object ({what}): {text or 'not found'}", system=SYSTEM)
@@ -167,14 +173,15 @@ class NomadClient:
     def __init__(self, settings: NomadSettings, *, session: requests.Session | None = None) -> None:
         self.settings = settings
         self.addr = settings.addr.rstrip("/")
-        self._session = session or requests.Session()
+        self._tls = getattr(settings, "tls", None) or TLSConfig()
+        self._session = session or pooled_session(self.addr, pool=10, tls=self._tls)
         self._nomad = nomad.Nomad(
             address=self.addr,
             token=settings.token,
             namespace=settings.namespace,
             region=settings.region,
             timeout=settings.timeout,  # type: ignore[arg-type]
-            verify=True,
+            verify=self._tls.verify(),
             session=self._session,
         )
         self._pin_settings()
@@ -187,8 +194,9 @@ class NomadClient:
             requester.namespace = self.settings.namespace
             requester.region = self.settings.region
             requester.timeout = self.settings.timeout
-            requester.verify = True
-            requester.cert = ()
+            # python-nomad passes verify/cert per request (winning over the session's): the TLS settings, always.
+            requester.verify = self._tls.verify()
+            requester.cert = self._tls.cert() or ()
             requester.session = self._session
 
     # -- plumbing ------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 mints the single-use, response-wrapped claim token of one attempt through the
 ``vault-runner`` token role, follows and revokes claims by accessor, and reports
 Vault's health. It is built on hvac, and works around hvac where hvac and the
-server disagree (``shared/docs/CONTRACTS.md``):
+server disagree (``docs/vault-facts.md``):
 
 * hvac's ``auth.token.create`` sends ``renewable=True`` and
   ``no_default_policy=False`` unless told otherwise: both are always sent
@@ -36,7 +36,9 @@ import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
+from reconciler.clients.http import pooled_session
 from reconciler.settings import VaultSettings
+from reconciler.tls import TLSConfig, ssl_problem
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +104,32 @@ class VaultClient:
         attempts: int = 3,
         backoff: float = 0.2,
         session: requests.Session | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        """``attempts``/``backoff``: retries of idempotent calls (seconds, doubled each time, capped at 2 s)."""
+        """``attempts``/``backoff``: retries of idempotent calls (seconds, doubled each time, capped at 2 s);
+        ``clock``: Unix seconds, for comparing KV deletion times (default: the system clock)."""
         self._settings = settings
+        wall = clock or (lambda: datetime.now(timezone.utc).timestamp())
+        self._now: Callable[[], datetime] = lambda: datetime.fromtimestamp(wall(), timezone.utc)
         self._addr = settings.addr.rstrip("/")
         self._attempts = max(1, attempts)
         self._backoff = backoff
         # token="" rather than None: hvac would otherwise read VAULT_TOKEN from the environment itself.
+        tls = getattr(settings, "tls", None) or TLSConfig()
+        if session is None:
+            session = pooled_session(self._addr, pool=10, tls=tls)
+        # hvac maps 412 (a performance standby lacking state) to UnexpectedError: a response hook
+        # turns it into a TransientError before hvac sees it, so idempotent calls retry it.
+        session.hooks.setdefault("response", []).append(_standby_not_ready)
+        # hvac passes verify/cert with every request (winning over the session's): hand it the same TLS settings.
         self._hvac = hvac.Client(
             url=self._addr,
             token=settings.token or "",
             namespace=settings.namespace or None,
             timeout=settings.timeout,
             session=session,
+            verify=tls.verify(),
+            cert=tls.cert(),
         )
 
     def close(self) -> None:
@@ -197,7 +212,7 @@ class VaultClient:
         and dies at its explicit max TTL.
         """
         if not policies:
-            raise PermanentError("mint_claim needs at least one policy (runner-claim when no secrets)", system=SYSTEM)
+            raise PermanentError("mint_claim needs at least one policy (every claim carries runner-claim)", system=SYSTEM)
         role = self._settings.token_role
         path = f"auth/token/create/{role}"
         reply = self._call(
@@ -243,6 +258,15 @@ class VaultClient:
         except NotFoundError:
             log.debug("token accessor %s already gone", accessor)
 
+    def token_role(self, name: str) -> dict[str, Any] | None:
+        """The fields of token role ``name`` (``auth/token/roles/<name>``), or None when it does not exist."""
+        path = f"auth/token/roles/{name}"
+        try:
+            reply = self._read(f"read token role {name}", path, lambda: self._hvac.adapter.get(f"/v1/{path}"))
+        except NotFoundError:
+            return None
+        return dict((reply or {}).get("data") or {}) if isinstance(reply, dict) else None
+
     def wrapping_lookup(self, token: str) -> dict[str, Any] | None:
         """``creation_path``, ``creation_ttl``, ``creation_time`` of a wrapping token, without using it; None when invalid."""
         try:
@@ -285,7 +309,9 @@ class VaultClient:
         return f"{self._settings.secret_prefix.strip('/')}/{self._segment(name, 'secret')}"
 
     def _kv_live(self, path: str) -> bool:
-        """A KV v2 secret exists only if its current version has no deletion_time and is not destroyed."""
+        """A KV v2 secret is live when its current version is not destroyed and its ``deletion_time``
+        is empty or still in the future (``delete_version_after`` on the mount or the key stamps a
+        future one on every write; the data reads until then: vault-plugin-secrets-kv ``path_data.go``)."""
         mount = self._settings.kv_mount
         try:
             reply = self._read(
@@ -300,7 +326,7 @@ class VaultClient:
         version = (meta.get("versions") or {}).get(str(current))
         if not current or not version:
             return False
-        return not version.get("deletion_time") and not version.get("destroyed")
+        return not version.get("destroyed") and not _deletion_passed(version.get("deletion_time"), self._now())
 
     def _claim_from(self, reply: Any, path: str) -> WrappedClaim:
         """The claim in a wrapped create reply; an unwrapped token is revoked at once and refused."""
@@ -359,6 +385,8 @@ class VaultClient:
                 f"Vault at {self._addr} timed out after {self._settings.timeout:g}s while trying to {what}",
                 system=SYSTEM,
             ) from exc
+        except requests.exceptions.SSLError as exc:
+            raise TransientError(f"Vault at {self._addr} while trying to {what}: {ssl_problem(exc, 'VAULT')}", system=SYSTEM) from exc
         except requests.exceptions.ConnectionError as exc:
             raise TransientError(
                 f"Vault at {self._addr} is unreachable while trying to {what}; check VAULT_ADDR and that Vault runs",
@@ -392,11 +420,39 @@ class VaultClient:
             return PermanentError(
                 f"Vault refused {path} (401) while trying to {what}; check VAULT_TOKEN", system=SYSTEM
             )
-        if isinstance(exc, (hvac_exc.InternalServerError, hvac_exc.BadGateway, hvac_exc.RateLimitExceeded)):
+        if isinstance(exc, (hvac_exc.InternalServerError, hvac_exc.BadGateway, hvac_exc.RateLimitExceeded, hvac_exc.PreconditionFailed)):
+            # 429 (rate-limit quota) is retried, as Vault's client does (412: see _standby_not_ready).
             return TransientError(f"Vault at {self._addr} failed to {what} ({path}): {message}", system=SYSTEM)
         if isinstance(exc, hvac_exc.VaultNotInitialized):
             return TransientError(f"Vault at {self._addr} is not initialized; initialize and unseal it", system=SYSTEM)
         return PermanentError(f"Vault answered {path} unexpectedly while trying to {what}: {message}", system=SYSTEM)
+
+
+def _standby_not_ready(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """``requests`` response hook: 412 from Vault is transient (Vault's own client retries it)."""
+    if resp.status_code == 412:
+        raise TransientError(
+            f"Vault answered HTTP 412 for {resp.request.method} {requests.utils.urlparse(resp.url).path}: "
+            "a performance standby does not have the state yet; will try again",
+            system=SYSTEM,
+        )
+    return resp
+
+
+def _deletion_passed(value: Any, now: datetime) -> bool:
+    """Whether a KV version's ``deletion_time`` (RFC 3339, "" for none) is at or before ``now``.
+
+    An unreadable value counts as passed: a secret is only ever called live on evidence.
+    """
+    if not value:
+        return False
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when <= now
 
 
 def _json_or_empty(resp: Any) -> dict[str, Any]:

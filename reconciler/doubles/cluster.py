@@ -30,6 +30,7 @@ from typing import Any
 
 from reconciler.doubles.forge import ForgeDouble
 from reconciler.doubles.nomad import NomadDouble
+from reconciler.doubles.tls_material import make_tls_material
 from reconciler.doubles.vault import VaultDouble, configure_factory
 from reconciler.settings import (
     ActionSettings,
@@ -41,6 +42,7 @@ from reconciler.settings import (
     StoreSettings,
     VaultSettings,
 )
+from reconciler.tls import TLSConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 JOBSPECS = Path(__file__).resolve().parent.parent.parent / "jobspecs"
@@ -98,6 +100,8 @@ class LocalCluster:
     ops_transport: str = "http"
     """``http``: the reconciler reaches the ops repo through the forge (smart HTTP, token auth);
     ``file``: through ``file://`` on ``bare`` (``OPS_REPO_REMOTE``)."""
+    tls: bool = False
+    """Serve Vault and Nomad over HTTPS with a private CA made for this cluster (``tls_material``)."""
     vault: VaultDouble = field(init=False)
     forge: ForgeDouble = field(init=False)
     nomad: NomadDouble = field(init=False)
@@ -110,7 +114,11 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.factory_root = self.workdir / "factory"
         self._prepare_factory_root()
-        self.vault = VaultDouble().start()
+        self.tls_material = make_tls_material(self.workdir / "tls") if self.tls else None
+        self.vault = VaultDouble()
+        if self.tls_material is not None:
+            self.vault.serve_tls(str(self.tls_material.server_cert), str(self.tls_material.server_key))
+        self.vault.start()
         self.dispatcher_token = configure_factory(self.vault, self.secrets, self.mounts)
         self.forge = ForgeDouble().start()
         self.admin_token = self.forge.add_user("admin", is_admin=True)
@@ -127,11 +135,14 @@ class LocalCluster:
         self.merge_files({"vault/policy.toml": policy, "README.md": b"# ops repo (demo)\n"}, title="tiers")
         self.nomad = NomadDouble(mode=self.nomad_mode, capacity=self.capacity, gc_after=self.gc_after,
                                  workdir=self.workdir / "nomad", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        if self.tls_material is not None:
+            self.nomad.serve_tls(str(self.tls_material.server_cert), str(self.tls_material.server_key))
         self.nomad.start()
         self.nomad.register_jobspec(
             jobspec_path(),
             variables={
                 "vault_addr": self.vault.address,
+                "vault_cacert": str(self.tls_material.ca_cert) if self.tls_material else "",
                 "factory_root": str(self.factory_root),
                 "agent_command": f"{sys.executable} -m reconciler.doubles.demo_agent",
                 "namespace": NAMESPACE,
@@ -193,9 +204,10 @@ class LocalCluster:
     def settings(self, *, db: Path | None = None, ops_root: Path | None = None, sidecars: bool = False, **loop: Any) -> Settings:
         loop_defaults = {"interval": 0.5, "placement_deadline": 600, "max_in_flight": 50}
         loop_defaults.update(loop)
+        tls = TLSConfig(cacert=str(self.tls_material.ca_cert)) if self.tls_material else TLSConfig()
         return Settings(
-            nomad=NomadSettings(addr=self.nomad.address, namespace=NAMESPACE),
-            vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token),
+            nomad=NomadSettings(addr=self.nomad.address, namespace=NAMESPACE, tls=tls),
+            vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token, tls=tls),
             forge=ForgeSettings(
                 url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
                 ops_repo=OPS_REPO, admin_users=("admin",), repo=PROJECT_REPO if sidecars else None,
@@ -233,6 +245,11 @@ class LocalCluster:
             "FACTORY_ROOT": str(self.factory_root),
             "RECONCILER_DB": str(s.store.db),
             "RECONCILER_INTERVAL": "0.5",
+            **(
+                {"VAULT_CACERT": str(self.tls_material.ca_cert), "NOMAD_CACERT": str(self.tls_material.ca_cert)}
+                if self.tls_material
+                else {}
+            ),
         }
         if s.ops.remote:
             env["OPS_REPO_REMOTE"] = s.ops.remote

@@ -22,6 +22,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -213,10 +214,23 @@ class DoubleServer:
         return Response.text("404 page not found", 404)
 
     # -- lifecycle ------------------------------------------------------------
+    def serve_tls(self, certfile: str, keyfile: str, *, client_ca: str | None = None) -> "DoubleServer":
+        """Serve HTTPS with this certificate (call before ``start``): the handshake runs in each
+        connection's own thread, on its first read, so a client refusing the certificate stalls nobody.
+        ``client_ca``: require a client certificate signed by it (a listener with mutual TLS)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        if client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=client_ca)
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self._tls = True
+        return self
+
     @property
     def address(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if getattr(self, '_tls', False) else 'http'}://{host}:{port}"
 
     @property
     def port(self) -> int:
@@ -224,8 +238,8 @@ class DoubleServer:
 
     def _quiet_handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (timeout, held reply) is normal here, not a traceback."""
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
+            return  # ssl.SSLError: a client that refused the certificate (no CA configured)
         ThreadingHTTPServer.handle_error(self._httpd, request, client_address)
 
     def start(self) -> "DoubleServer":

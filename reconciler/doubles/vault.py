@@ -2,7 +2,7 @@
 
 hvac (and the reconciler's runner) talk to it unchanged. It implements the parts
 of Vault the reconciler and its runner use, with the behaviour listed in
-``shared/docs/CONTRACTS.md``:
+``docs/vault-facts.md`` (each fact with the Vault source file it follows):
 
 * token auth (``X-Vault-Token``) with real ACL evaluation of HCL policies
   (exact paths, trailing ``*`` globs, ``+`` segment wildcards, ``deny``, the
@@ -15,7 +15,13 @@ of Vault the reconciler and its runner use, with the behaviour listed in
   renewable, token type, explicit max TTL, num uses; create, lookup(-self,
   -accessor), revoke(-self, -accessor), renew-self;
 * response wrapping (``X-Vault-Wrap-TTL``) and ``sys/wrapping/lookup|unwrap``
-  (single use, expiring).
+  (single use, expiring; ``racing_unwrap_500`` makes the loser of a second unwrap
+  get Vault's 500);
+* lazy revocation: with ``reap_delay`` a used-up or expired token stays visible,
+  tainted, to ``lookup-accessor`` (``num_uses`` -1, ``ttl`` <= 0); revoke-accessor
+  answers as current Vault (204 / 200 with a warning / 400 "token not found");
+* ``kv/config`` and the key's ``delete_version_after`` (future deletion times);
+* HTTPS (``serve_tls``) with a test CA (``reconciler.doubles.tls_material``).
 
 Time comes from the injected ``clock`` plus an offset moved by :meth:`advance`,
 so TTL tests never sleep.
@@ -31,6 +37,7 @@ import json
 import re
 import secrets as _secrets
 import socket
+import ssl
 import string
 import sys
 import threading
@@ -189,6 +196,19 @@ def parse_duration(value: Any, what: str = "duration") -> int:
     if seconds < 0:
         raise _bad_request(f"{what} must be positive")
     return int(seconds)
+
+
+def go_duration(seconds: int) -> str:
+    """A whole number of seconds as Go's ``time.Duration.String()`` prints it (``720h0m0s``, ``0s``)."""
+    if seconds <= 0:
+        return "0s"
+    h, rest = divmod(int(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
 
 
 def _as_bool(value: Any, default: bool = False) -> bool:
@@ -422,6 +442,8 @@ class TokenRecord:
     wrapped_accessor: str = ""
     response: dict[str, Any] | None = None
     used: bool = False
+    used_at: float | None = None
+    """When the token's last use was spent (unwrap, or the N-th of ``num_uses``): it is tainted from then on."""
 
 
 @dataclass
@@ -441,6 +463,8 @@ class _Secret:
     max_versions: int = 0
     cas_required: bool = False
     custom_metadata: dict[str, str] | None = None
+    delete_version_after: int = 0
+    """Seconds; 0 = the mount's ``kv/config`` setting alone decides."""
 
     def version_meta(self, n: int) -> dict[str, Any]:
         v = self.versions[n]
@@ -467,12 +491,12 @@ _ROLE_DEFAULTS: dict[str, Any] = {
     "token_explicit_max_ttl": 0,
     "token_num_uses": 0,
     "token_period": 0,
-    "token_ttl": 0,
-    "token_max_ttl": 0,
     "token_bound_cidrs": [],
 }
 _ROLE_LISTS = ("allowed_policies", "allowed_policies_glob", "disallowed_policies", "disallowed_policies_glob")
-_ROLE_DURATIONS = ("token_explicit_max_ttl", "token_period", "token_ttl", "token_max_ttl")
+_ROLE_DURATIONS = ("token_explicit_max_ttl", "token_period")
+# vault/token_store.go: token roles take only these tokenutil fields (AddTokenFieldsWithAllowList);
+# there is no token_ttl / token_max_ttl, and unknown fields are ignored with a warning.
 _TOKEN_TYPES = ("service", "batch", "default-service", "default-batch", "default")
 
 
@@ -515,12 +539,22 @@ class VaultDouble(DoubleServer):
         self._httpd.handle_error = self._handle_error  # type: ignore[method-assign]
         self.root_token = root_token
         self.sealed = False
+        self.reap_delay = 0.0
+        """Seconds a used-up or expired token stays in the token store before Vault's expiration
+        manager revokes it (lazy revocation). Meanwhile ``lookup-accessor`` still answers for it,
+        *tainted*: ``num_uses`` -1 when used up, ``ttl`` <= 0 when expired (``vault/token_store.go``
+        ``lookupInternal(..., tainted=true)``); revoke-accessor of an expired one is 400 "token not found".
+        0 reaps at once."""
+        self.racing_unwrap_500 = False
+        """When set, an unwrap of a wrapping token already used answers 500 "internal error", as the
+        loser of two concurrent unwraps may on a real Vault (``vault/wrapping.go``)."""
         self._clock = clock
         self._offset = 0.0
         self._lock = threading.RLock()
         self._policies: dict[str, str] = {"default": DEFAULT_POLICY}
         self._parsed: dict[str, list[tuple[str, list[str]]]] = {"default": parse_policy(DEFAULT_POLICY)}
         self._kv: dict[str, _Secret] = {}
+        self._kv_config: dict[str, Any] = {"max_versions": 0, "cas_required": False, "delete_version_after": 0}
         self._roles: dict[str, dict[str, Any]] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._by_accessor: dict[str, TokenRecord] = {}
@@ -548,8 +582,8 @@ class VaultDouble(DoubleServer):
 
     def _handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet when a client went away before its reply (timeouts, held replies); report anything else."""
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
+            return  # ssl.SSLError: a client that refused the certificate (no CA configured)
         type(self._httpd).handle_error(self._httpd, request, client_address)
 
     def start(self) -> "VaultDouble":
@@ -583,7 +617,7 @@ class VaultDouble(DoubleServer):
             if sec is None or sec.current_version == 0:
                 return None
             v = sec.versions[sec.current_version]
-            return None if v.deletion_time is not None or v.destroyed else dict(v.data or {})
+            return None if self._kv_deleted(v) else dict(v.data or {})
 
     def delete_secret(self, path: str) -> None:
         """Soft-delete the current version of ``<path>`` (metadata stays)."""
@@ -828,6 +862,7 @@ class VaultDouble(DoubleServer):
             rec.num_uses -= 1
             if rec.num_uses == 0:
                 rec.num_uses = -1  # Vault marks an exhausted token -1 until it is revoked
+                rec.used_at = self.now()
                 self._revoke(rec)
 
     def _envelope(
@@ -934,8 +969,15 @@ class VaultDouble(DoubleServer):
     def _h_wrapping_unwrap(self, ctx: _Ctx) -> Response:
         if ctx.caller is not None and ctx.caller.wrapping and ctx.body.get("token"):
             raise _bad_request("wrapping token in both header and body")  # Vault wants it in one place
+        if self.racing_unwrap_500:
+            value = ctx.body.get("token") or (ctx.req.header("X-Vault-Token") or "")
+            used = self._tokens.get(str(value)) if value else None
+            if used is not None and used.wrapping and used.used:
+                raise VaultHTTPError(500, ["internal error"])
         rec = self._wrapping_target(ctx)
         rec.used = True
+        rec.num_uses = -1  # tainted: revocation pending (vault/token_store.go UseToken)
+        rec.used_at = self.now()
         rec.revoked = True
         rec.revoked_at = self.now()
         inner = dict(rec.response or {})
@@ -1033,7 +1075,7 @@ class VaultDouble(DoubleServer):
     def _kv_write(self, path: str, data: dict[str, Any], cas: int | None = None) -> int:
         now = self.now()
         sec = self._kv.get(path)
-        if cas is not None or (sec is not None and sec.cas_required):
+        if cas is not None or (sec is not None and sec.cas_required) or self._kv_config["cas_required"]:
             current = sec.current_version if sec else 0
             if cas is None:
                 raise _bad_request("check-and-set parameter required for this call")
@@ -1042,17 +1084,28 @@ class VaultDouble(DoubleServer):
         if sec is None:
             sec = self._kv[path] = _Secret(created_time=now, updated_time=now)
         n = sec.current_version + 1
-        sec.versions[n] = _Version(data=data, created_time=now)
+        sec.versions[n] = _Version(data=data, created_time=now, deletion_time=self._kv_deletion_time(sec, now))
         sec.current_version = n
         sec.updated_time = now
         return n
+
+    def _kv_deleted(self, v: _Version) -> bool:
+        """A version is readable unless destroyed or its deletion time has *passed* (a future one,
+        stamped by ``delete_version_after``, still reads: vault-plugin-secrets-kv ``path_data.go``)."""
+        return v.destroyed or (v.deletion_time is not None and v.deletion_time <= self.now())
 
     def _kv_soft_delete(self, sec: _Secret, versions: Iterable[int]) -> None:
         now = self.now()
         for n in versions:
             v = sec.versions.get(n)
-            if v and v.deletion_time is None and not v.destroyed:
+            if v and not self._kv_deleted(v):
                 v.deletion_time = now
+
+    def _kv_deletion_time(self, sec: _Secret, created: float) -> float | None:
+        """Creation plus the smallest non-zero ``delete_version_after`` of mount and key, or None
+        (vault-plugin-secrets-kv ``delete_version_after.go`` ``deletionTime``)."""
+        choices = [d for d in (int(self._kv_config["delete_version_after"]), sec.delete_version_after) if d > 0]
+        return created + min(choices) if choices else None
 
     def _kv_destroy(self, sec: _Secret, versions: Iterable[int]) -> None:
         for n in versions:
@@ -1075,7 +1128,7 @@ class VaultDouble(DoubleServer):
             "created_time": rfc3339(sec.created_time),
             "current_version": sec.current_version,
             "custom_metadata": sec.custom_metadata,
-            "delete_version_after": "0s",
+            "delete_version_after": go_duration(sec.delete_version_after),
             "max_versions": sec.max_versions,
             "oldest_version": min(existing) if existing else 0,
             "updated_time": rfc3339(sec.updated_time),
@@ -1098,7 +1151,7 @@ class VaultDouble(DoubleServer):
         if v is None:
             raise VaultHTTPError(404, [])
         meta = sec.version_meta(n)
-        if v.deletion_time is not None or v.destroyed:
+        if self._kv_deleted(v):
             # Vault answers 404 but still shows the version's metadata.
             raise VaultHTTPError(404, body=self._envelope({"data": None, "metadata": meta}))
         return self._ok({"data": v.data, "metadata": meta})
@@ -1157,8 +1210,40 @@ class VaultDouble(DoubleServer):
             sec.cas_required = _as_bool(ctx.body["cas_required"])
         if "custom_metadata" in ctx.body:
             sec.custom_metadata = ctx.body["custom_metadata"]
+        if "delete_version_after" in ctx.body:
+            sec.delete_version_after = parse_duration(ctx.body["delete_version_after"], "delete_version_after")
         sec.updated_time = now
         return Response.empty(204)
+
+    def _h_kv_config_read(self, ctx: _Ctx) -> Response:
+        cfg = self._kv_config
+        return self._ok(
+            {
+                "cas_required": cfg["cas_required"],
+                "delete_version_after": go_duration(cfg["delete_version_after"]),
+                "max_versions": cfg["max_versions"],
+            }
+        )
+
+    def _h_kv_config_write(self, ctx: _Ctx) -> Response:
+        """``kv/config``: the mount's ``max_versions``, ``cas_required``, ``delete_version_after``
+        (vault-plugin-secrets-kv ``path_config.go``); later writes stamp future deletion times."""
+        body = ctx.body
+        if "max_versions" in body:
+            self._kv_config["max_versions"] = _as_int(body["max_versions"], "max_versions")
+        if "cas_required" in body:
+            self._kv_config["cas_required"] = _as_bool(body["cas_required"])
+        if "delete_version_after" in body:
+            self._kv_config["delete_version_after"] = parse_duration(body["delete_version_after"], "delete_version_after")
+        return Response.empty(204)
+
+    def configure_kv(self, **fields: Any) -> None:
+        """Write ``kv/config`` directly (``delete_version_after="720h"``, ...)."""
+        with self._lock:
+            for key, value in fields.items():
+                if key == "delete_version_after":
+                    value = parse_duration(value, key)
+                self._kv_config[key] = value
 
     def _h_kv_metadata_delete(self, ctx: _Ctx) -> Response:
         self._kv.pop(ctx.params.get("path", ""), None)
@@ -1178,7 +1263,9 @@ class VaultDouble(DoubleServer):
         return self._ok({"keys": sorted(keys)})
 
     # ------------------------------------------------------------------ token roles
-    def _role_write(self, name: str, fields: dict[str, Any]) -> None:
+    def _role_write(self, name: str, fields: dict[str, Any]) -> list[str]:
+        """Write the role; returns the fields Vault ignores (unknown to token roles)."""
+        ignored: list[str] = []
         key = name.strip().lower()
         if not key:
             raise _bad_request("role name must be provided")
@@ -1209,8 +1296,9 @@ class VaultDouble(DoubleServer):
             elif k in _ROLE_DEFAULTS:
                 role[k] = v
             else:
-                raise _bad_request(f"unknown role field {k!r}")
+                ignored.append(k)
         self._roles[key] = role
+        return ignored
 
     def _role_view(self, role: dict[str, Any]) -> dict[str, Any]:
         out = dict(role)
@@ -1219,7 +1307,10 @@ class VaultDouble(DoubleServer):
         return out
 
     def _h_role_write(self, ctx: _Ctx) -> Response:
-        self._role_write(ctx.params["role"], ctx.body)
+        ignored = self._role_write(ctx.params["role"], ctx.body)
+        if ignored:
+            # vault/logical/framework: unknown parameters are dropped, and the reply says so.
+            return self._ok(None, warnings=[f"Endpoint ignored these unrecognized parameters: [{' '.join(sorted(ignored))}]"])
         return Response.empty(204)
 
     def _h_role_read(self, ctx: _Ctx) -> Response:
@@ -1298,13 +1389,18 @@ class VaultDouble(DoubleServer):
         requested = _str_list(body.get("policies"))
         no_default = _as_bool(body.get("no_default_policy"))
         parent_root = "root" in parent.policies
-        if role is not None:
-            no_default = no_default or role["token_no_default_policy"]
         if role is not None and (
             role["allowed_policies"] or role["allowed_policies_glob"] or role["disallowed_policies"]
             or role["disallowed_policies_glob"]
         ):
-            add_default = not no_default and "default" not in role["disallowed_policies"]
+            # vault/token_store.go handleCreateCommon: only a role with lists may drop default itself
+            # (token_no_default_policy, or default disallowed literally or by glob).
+            no_default = no_default or role["token_no_default_policy"]
+            add_default = (
+                not no_default
+                and "default" not in role["disallowed_policies"]
+                and not any(_glob_match(g, "default") for g in role["disallowed_policies_glob"])
+            )
             final = sanitize_policies(requested, add_default) if requested else []
             globs = role["allowed_policies_glob"]
             if role["allowed_policies"] or globs:
@@ -1403,9 +1499,6 @@ class VaultDouble(DoubleServer):
                         f"{min(explicit, role['token_explicit_max_ttl'])} seconds"
                     )
                 explicit = min(explicit or role["token_explicit_max_ttl"], role["token_explicit_max_ttl"])
-            ttl = ttl or role["token_ttl"]
-            if role["token_max_ttl"]:
-                max_ttl = min(max_ttl, role["token_max_ttl"])
             if role["token_num_uses"]:
                 num_uses = min(num_uses or role["token_num_uses"], role["token_num_uses"])
         suffix = f"/{role['path_suffix']}" if role and role["path_suffix"] else ""
@@ -1477,12 +1570,43 @@ class VaultDouble(DoubleServer):
             raise _bad_request("invalid accessor")
         return rec
 
+    def _tainted(self, rec: TokenRecord | None) -> bool:
+        """Used up or expired, but not yet reaped (see ``reap_delay``)."""
+        if rec is None:
+            return False
+        now = self.now()
+        if rec.used_at is not None:
+            return now < rec.used_at + self.reap_delay
+        if rec.revoked or rec.expire_time is None:
+            return False
+        return rec.expire_time <= now < rec.expire_time + self.reap_delay
+
     def _h_lookup_accessor(self, ctx: _Ctx) -> Response:
+        accessor = str(ctx.body.get("accessor") or "")
+        rec = self._by_accessor.get(accessor)
+        if accessor and self._tainted(rec) and rec is not None:
+            data = self._lookup_data(rec, show_id=False)
+            if rec.expire_time is not None:
+                data["ttl"] = int(rec.expire_time - self.now())  # <= 0 once expired
+            return self._ok(data)
         return self._ok(self._lookup_data(self._by_live_accessor(ctx), show_id=False))
 
     def _h_revoke_accessor(self, ctx: _Ctx) -> Response:
-        self._revoke(self._by_live_accessor(ctx))
-        return Response.empty(204)
+        """204 for a live token; 400 "token not found" for an expired one not yet reaped; 200 with a
+        warning for an unknown one (current Vault, ``vault/token_store.go`` ``handleUpdateRevokeAccessor``)."""
+        accessor = str(ctx.body.get("accessor") or "")
+        if not accessor:
+            raise _bad_request("missing accessor")
+        rec = self._by_accessor.get(accessor)
+        if self._valid(rec) and rec is not None:
+            self._revoke(rec)
+            return Response.empty(204)
+        if self._tainted(rec) and rec is not None:
+            if rec.used_at is None:
+                raise _bad_request("token not found")
+            rec.used_at = None  # the pending revocation is done now
+            return Response.empty(204)
+        return self._ok(None, warnings=["No token found with this accessor"])
 
     def _h_lookup_self(self, ctx: _Ctx) -> Response:
         assert ctx.caller is not None
@@ -1545,6 +1669,8 @@ class VaultDouble(DoubleServer):
         on("POST", r"sys/policy/(?P<name>[^/]+)", self._h_policy_write)
         on("DELETE", r"sys/policy/(?P<name>[^/]+)", self._h_policy_delete)
         # KV v2 at "kv"
+        on("GET", r"kv/config", self._h_kv_config_read)
+        on("POST", r"kv/config", self._h_kv_config_write)
         on("GET", r"kv/data/(?P<path>.+)", self._h_kv_read)
         on("POST", r"kv/data/(?P<path>.+)", self._h_kv_write)
         on("DELETE", r"kv/data/(?P<path>.+)", self._h_kv_delete_latest)
@@ -1593,7 +1719,7 @@ def configure_factory(
     For each secret ``NAME``: policy ``runner-NAME`` (read exactly
     ``kv/data/<prefix>/NAME``) and the secret itself (field ``value``). For each
     mount alias: policy ``runner-mount-<alias>`` and ``kv/data/<prefix>/mounts/<alias>``
-    whose fields are file names. Also the ``runner-claim`` policy (reads nothing),
+    whose fields are file names. Also the ``runner-claim`` policy (revoke-self only, on every claim),
     the ``vault-runner`` token role and the reconciler's dispatcher policy; the
     returned token holds that policy (plus ``default``).
     """

@@ -67,7 +67,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO, Mapping
@@ -75,6 +75,7 @@ from typing import BinaryIO, Mapping
 from reconciler.redact import Redactor
 from reconciler.runner.process import FormulaOutcome, run_formula
 from reconciler.runner.vault_session import VaultCallError, VaultSession
+from reconciler.tls import TLSConfig, TLSConfigError
 
 PREFIX = "reconciler-runner:"
 PAYLOAD_FILE = "claim.json"
@@ -142,6 +143,8 @@ class RunnerConfig:
     secret_prefix: str = DEFAULT_SECRET_PREFIX
     kill_grace: float = 10.0
     vault_timeout: float = 10.0
+    vault_tls: TLSConfig = field(default_factory=TLSConfig)
+    """``VAULT_CACERT`` ... ``VAULT_SKIP_VERIFY``, as the vault CLI reads them (the jobspec passes them in)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RunnerConfig":
@@ -189,6 +192,12 @@ class RunnerConfig:
         role = env.get("RUNNER_TOKEN_ROLE", "").strip() or DEFAULT_ROLE
         kill_grace = seconds("RUNNER_KILL_GRACE_SECONDS", env.get("RUNNER_KILL_GRACE_SECONDS", "").strip(), 10.0)
         vault_timeout = seconds("RUNNER_VAULT_TIMEOUT", env.get("RUNNER_VAULT_TIMEOUT", "").strip(), 10.0)
+        try:
+            vault_tls = TLSConfig.from_env(env, "VAULT")
+            problems += vault_tls.problems("VAULT")
+        except TLSConfigError as exc:
+            vault_tls = TLSConfig()
+            problems.append(str(exc))
         if problems:
             raise RunnerError(RunnerExit.MISCONFIGURED, "config", "; ".join(problems))
         return cls(
@@ -211,6 +220,7 @@ class RunnerConfig:
             secret_prefix=env.get("RUNNER_SECRET_PREFIX", "").strip().strip("/") or DEFAULT_SECRET_PREFIX,
             kill_grace=kill_grace,
             vault_timeout=vault_timeout,
+            vault_tls=vault_tls,
         )
 
     def secret_path(self, name: str) -> str:
@@ -302,6 +312,25 @@ def _claim_error(step: str, err: VaultCallError) -> RunnerError:
     return RunnerError(RunnerExit.VAULT_ERROR, step, str(err))
 
 
+def _after_failed_unwrap(vault: VaultSession, wrapping_token: str, err: VaultCallError) -> RunnerError:
+    """A 500 from unwrap: the loser of two concurrent unwraps may get it (``vault/wrapping.go``).
+
+    The wrapping token tells: no longer valid -> another copy took the claim (``claim_taken``);
+    still valid -> nothing was consumed and Vault really failed (``vault_error``).
+    """
+    try:
+        vault.wrapping_lookup(wrapping_token)
+    except VaultCallError as lookup_err:
+        if lookup_err.status == 400 and any(INVALID_WRAPPING_TOKEN in e for e in lookup_err.errors):
+            return RunnerError(
+                RunnerExit.CLAIM_TAKEN,
+                "claim",
+                "unwrap failed (HTTP 500) and the wrapping token is now used: another copy of this attempt took the "
+                "claim at the same moment; not running anything",
+            )
+    return RunnerError(RunnerExit.VAULT_ERROR, "claim", str(err))
+
+
 def take_claim(vault: VaultSession, wrapping_token: str, role: str, expected_accessor: str) -> Claim:
     """Check where the wrapping token was minted, unwrap it once, and check its token's accessor."""
     expected_path = f"auth/token/create/{role}"
@@ -320,6 +349,8 @@ def take_claim(vault: VaultSession, wrapping_token: str, role: str, expected_acc
     try:
         reply = vault.unwrap(wrapping_token)
     except VaultCallError as err:
+        if err.status == 500:
+            raise _after_failed_unwrap(vault, wrapping_token, err) from err
         raise _claim_error("claim", err) from err
     auth = reply.get("auth") or {}
     token, accessor = str(auth.get("client_token") or ""), str(auth.get("accessor") or "")
@@ -473,7 +504,7 @@ def run(env: Mapping[str, str], stdout: BinaryIO, stderr: BinaryIO) -> tuple[int
     config = RunnerConfig.from_env(env)
     argv = resolve_formula(config.factory_root, config.formula, config.agent_command, config.action_id)
 
-    vault = VaultSession(config.vault_addr, namespace=config.vault_namespace, timeout=config.vault_timeout)
+    vault = VaultSession(config.vault_addr, namespace=config.vault_namespace, timeout=config.vault_timeout, tls=config.vault_tls)
     try:
         claim = take_claim(vault, wrapping_token, config.token_role, config.wrapped_accessor)
         try:

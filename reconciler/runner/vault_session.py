@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import requests
 
-RETRYABLE_STATUS = (500, 502, 503, 504)
+from reconciler.tls import TLSConfig
+
+#: 412: a performance standby lacks the state yet; 429: a rate-limit quota. Vault's own client retries both.
+RETRYABLE_STATUS = (412, 429, 500, 502, 503, 504)
 
 
 class VaultCallError(Exception):
@@ -55,6 +58,7 @@ class VaultSession:
         attempts: int = 3,
         backoff: float = 0.25,
         sleep: Callable[[float], None] = time.sleep,
+        tls: TLSConfig | None = None,
     ) -> None:
         self._base = addr.rstrip("/") + "/v1/"
         self._namespace = namespace
@@ -64,6 +68,8 @@ class VaultSession:
         self._sleep = sleep
         self._http = requests.Session()
         self._http.trust_env = False  # no proxies or netrc credentials from the task's environment
+        if tls is not None:
+            tls.apply(self._http)  # VAULT_CACERT & co.: a private CA, a client certificate, a server name
 
     def close(self) -> None:
         self._http.close()
@@ -118,7 +124,7 @@ class VaultSession:
                 if reply.status_code not in RETRYABLE_STATUS:
                     raise error
             if attempt < attempts:
-                self._sleep(self._backoff * attempt)
+                self._sleep(self._backoff * 2 ** (attempt - 1))
         raise error
 
 

@@ -34,6 +34,7 @@ def dispatcher_token(vault: VaultDouble) -> str:
 
 def make_client(vault: VaultDouble, token: str | None, **kw: float) -> VaultClient:
     settings = VaultSettings(addr=vault.address, token=token, timeout=float(kw.pop("timeout", 5.0)))
+    kw.setdefault("clock", vault.now)  # type: ignore[arg-type]  # KV deletion times are compared on the double's clock
     return VaultClient(settings, backoff=0.01, **kw)  # type: ignore[arg-type]
 
 
@@ -352,3 +353,53 @@ def test_no_token_configured_is_a_permanent_error(vault: VaultDouble) -> None:
     vc = make_client(vault, None)
     with pytest.raises(PermanentError, match="VAULT_TOKEN"):
         vc.secret_present("GITHUB_TOKEN")
+
+
+def test_secret_with_a_future_deletion_time_is_present(vault: VaultDouble, dispatcher_token: str) -> None:
+    """delete_version_after on the mount stamps a future deletion_time: still live (vault-plugin-secrets-kv path_data.go)."""
+    vc = make_client(vault, dispatcher_token)
+    vault.configure_kv(delete_version_after="720h")
+    vault.put_secret("disinto/runner/FUTURE", {"value": "v"})
+    assert vc.secret_present("FUTURE")
+    vault.delete_secret("disinto/runner/FUTURE")  # deleted now: the deletion time has passed
+    assert not vc.secret_present("FUTURE")
+
+
+@pytest.mark.parametrize("status", [412, 429])
+def test_412_and_429_are_retried_with_backoff(status: int) -> None:
+    """Vault's own client retries 412 (performance standby lacking state) and 429 (rate-limit quota)."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from reconciler.runner.vault_session import VaultSession
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            first = len(hits) % 2 == 1
+            body = _json.dumps({"errors": ["slow down"]} if first else {"data": {"policy": "x", "data": {"value": "v"}}}).encode()
+            self.send_response(status if first else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    addr = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        vc = VaultClient(VaultSettings(addr=addr, token="t", timeout=2.0), attempts=3, backoff=0.01)
+        assert vc.policy_text("x") == "x"
+        assert len(hits) == 2
+        slept: list[float] = []
+        session = VaultSession(addr, attempts=3, backoff=0.1, sleep=slept.append)
+        assert session.kv_read("t", "kv/data/a") == {"value": "v"}
+        assert len(hits) == 4 and slept == [0.1]
+    finally:
+        server.shutdown()

@@ -18,12 +18,15 @@ import pytest
 from reconciler.doubles.http import Request
 
 from .support import (
+    RUNNER_PARENT,
     PushGate,
     Service,
     action_toml,
     children_of,
     merge_actions,
+    result,
     verify,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -176,3 +179,104 @@ def test_kill_during_the_result_push_then_restart(cluster, formula, tmp_path, ho
     run = svc.run_of(action_id)
     assert run["state"] == "reported"
     assert [e["to_state"] for e in svc.journal(action_id)].count("reported") == 1
+
+
+def nth_revoke(n: int) -> Callable[[str], Callable[[Request], bool]]:
+    """The ``n``-th revoke-accessor call from now on (this test's run is the only one active)."""
+
+    def for_action(action_id: str) -> Callable[[Request], bool]:
+        seen = [0]
+
+        def match(req: Request) -> bool:
+            if req.method not in ("POST", "PUT") or req.path != "/v1/auth/token/revoke-accessor":
+                return False
+            seen[0] += 1
+            return seen[0] == n
+
+        return match
+
+    return for_action
+
+
+#: Boundaries *inside recovery* of an attempt claimed but never dispatched: recovery writes
+#: "retiring", revokes the unused wrapping token and claim token, mints anew and supersedes.
+RECOVERY_HOLDS: dict[str, tuple[str, Callable[[str], Callable[[Request], bool]]]] = {
+    "retiring-recorded": ("nomad", claim_put("retiring")),
+    "wrapping-token-revoked": ("vault", nth_revoke(1)),
+    "claim-token-revoked": ("vault", nth_revoke(2)),
+    "claim-reminted": ("vault", token_mint),
+    "superseding-claim-recorded": ("nomad", claim_put("dispatching")),
+}
+
+
+@pytest.mark.parametrize("boundary", list(RECOVERY_HOLDS))
+def test_kill_inside_recovery_then_restart(cluster, formula, tmp_path, boundary):
+    """A first kill leaves a durable claim that was never dispatched; a second kill lands inside the
+    recovery of it. The action still runs exactly once, with its real exit code: never ``unknown``."""
+    action_id = f"recover-{boundary}"
+    svc = Service(cluster, tmp_path)
+    formula.set_duration(action_id, 0.5)
+    first = cluster.nomad.faults.hold(claim_put("dispatching")(action_id))
+    merge_actions(cluster, {action_id: action_toml(action_id, formula.name)})
+    svc.start()
+    arrived = first.arrived.wait(45)
+    svc.kill()
+    cluster.nomad.faults.release()
+    assert arrived, f"the first claim write never came; log:\n{svc.log_tail()}"
+    assert children_of(cluster, action_id) == []
+
+    double_name, matcher = RECOVERY_HOLDS[boundary]
+    double = getattr(cluster, double_name)
+    inside = double.faults.hold(matcher(action_id))
+    svc.start()
+    arrived = inside.arrived.wait(45)
+    svc.kill()
+    double.faults.release()
+    assert arrived, f"the {boundary} call never came; log:\n{svc.log_tail()}"
+    svc.until_idle(timeout=60)
+
+    verdict = verify(cluster, formula, [action_id], [svc.db])
+    print(f"{boundary}: {verdict.summary()}")
+    res = result(cluster, action_id)
+    assert res is not None and res["outcome"] == "success" and res["exit_code"] == 0, res
+    assert formula.starts()[action_id] == 1
+    assert len(children_of(cluster, action_id)) == 1, "one child per action"
+    if boundary == "claim-reminted":
+        assert len(verdict.tokens.unreachable) == 1, verdict.summary()
+    else:
+        assert verdict.tokens.unreachable == [], verdict.summary()
+
+
+def test_recovery_reads_a_tainted_wrapping_token_as_used(cluster, formula, tmp_path):
+    """The runner unwrapped the claim (Vault still shows the wrapping token, tainted: ``num_uses`` -1,
+    ``vault/token_store.go`` ``lookupInternal(..., tainted=true)``), the reconciler died before it saw
+    the child, and the child was garbage-collected: recovery must not dispatch again. One formula
+    run, one child ever dispatched, outcome ``unknown`` (the work ran, its result is lost)."""
+    action_id = "tainted-recovery"
+    svc = Service(cluster, tmp_path)
+    formula.set_duration(action_id, 0.2)
+    cluster.vault.reap_delay = 3600.0  # lazy revocation far behind: the lookup stays tainted
+    try:
+        hold = cluster.nomad.faults.hold(dispatch(action_id))
+        merge_actions(cluster, {action_id: action_toml(action_id, formula.name)})
+        svc.start()
+        arrived = hold.arrived.wait(45)
+        svc.kill()
+        cluster.nomad.faults.release()
+        assert arrived, f"the dispatch never came; log:\n{svc.log_tail()}"
+        wait_for(lambda: formula.finished()[action_id] == 1, 45, "the formula to finish")
+        [child] = children_of(cluster, action_id)
+        wait_for(lambda: all(j["Status"] == "dead" for j in children_of(cluster, action_id)), 30, "the child to finish")
+        cluster.nomad.gc()
+        assert children_of(cluster, action_id) == [], "the child was garbage-collected"
+        tainted = [w for w in cluster.vault.wrapping_tokens() if w["wrapped_accessor"] == child["Meta"]["wrapped_accessor"]]
+        assert tainted and tainted[0]["used"] and tainted[0]["num_uses"] == -1
+        svc.until_idle(timeout=60)
+    finally:
+        cluster.vault.reap_delay = 0.0
+
+    verify(cluster, formula, [action_id], [svc.db], allowed_outcomes=("unknown",))
+    assert formula.starts()[action_id] == 1
+    dispatches = [c for c in cluster.nomad.calls_to("POST", rf"/v1/job/{RUNNER_PARENT}/dispatch") if dispatch(action_id)(c)]
+    assert len(dispatches) == 1, "recovery dispatched the claimed attempt again"
+    assert result(cluster, action_id)["exit_code"] == -1

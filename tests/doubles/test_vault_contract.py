@@ -594,9 +594,69 @@ def test_revoke_accessor_is_204(vault: VaultDouble) -> None:
     assert record["revoked"] is True and record["live"] is False
     with pytest.raises(hvac_exc.Forbidden):
         client(vault, made["client_token"]).auth.token.lookup_self()
-    # Gone tokens are unknown to Vault: 400 invalid accessor.
+    # A gone token is unknown: current Vault answers 200 with a warning (vault/token_store.go
+    # handleUpdateRevokeAccessor), not an error.
     again = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
-    assert again.status_code == 400 and again.json() == {"errors": ["invalid accessor"]}
+    assert again.status_code == 200 and again.json()["warnings"] == ["No token found with this accessor"]
+    assert again.json()["data"] is None
+    unknown = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": "no-such-accessor"})
+    assert unknown.status_code == 200 and unknown.json()["warnings"] == ["No token found with this accessor"]
+
+
+def test_revoke_accessor_of_an_expired_unreaped_token_is_400_token_not_found(vault: VaultDouble) -> None:
+    """vault/token_store.go handleUpdateRevokeAccessor: lookupByAccessor(tainted=true) finds the entry,
+    then revocation of an expired token fails "token not found" until the expiration manager reaps it."""
+    vault.reap_delay = 30
+    made = client(vault).auth.token.create(policies=["x"], ttl="60s")["auth"]
+    vault.advance(61)
+    resp = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
+    assert resp.status_code == 400 and resp.json() == {"errors": ["token not found"]}
+    vault.advance(30)  # reaped
+    resp = raw(vault, "POST", "auth/token/revoke-accessor", json={"accessor": made["accessor"]})
+    assert resp.status_code == 200 and resp.json()["warnings"] == ["No token found with this accessor"]
+
+
+def test_lookup_accessor_answers_for_a_tainted_wrapping_token(vault: VaultDouble) -> None:
+    """vault/token_store.go lookupInternal(..., tainted=true), vault/wrapping.go: a just-unwrapped
+    wrapping token awaits lazy revocation and lookup-accessor shows it with num_uses -1."""
+    vault.reap_delay = 5
+    c = client(vault)
+    wrapped = c.auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    assert c.auth.token.lookup_accessor(wrapped["accessor"])["data"]["num_uses"] == 1
+    unwrap = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert unwrap.status_code == 200
+    tainted = c.auth.token.lookup_accessor(wrapped["accessor"])["data"]
+    assert tainted["num_uses"] == -1 and tainted["ttl"] > 0
+    again = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert again.status_code == 400 and again.json() == {"errors": [INVALID_WRAPPING_TOKEN]}
+    vault.advance(5)
+    with pytest.raises(hvac_exc.InvalidRequest, match="invalid accessor"):
+        c.auth.token.lookup_accessor(wrapped["accessor"])
+
+
+def test_lookup_accessor_answers_for_an_expired_unreaped_token_with_ttl_not_positive(vault: VaultDouble) -> None:
+    """vault/token_store.go lookupInternal(..., tainted=true): an expired token not yet reaped shows ttl <= 0."""
+    vault.reap_delay = 10
+    c = client(vault)
+    wrapped = c.auth.token.create(policies=["x"], wrap_ttl="60s")["wrap_info"]
+    vault.advance(62)
+    data = c.auth.token.lookup_accessor(wrapped["accessor"])["data"]
+    assert data["ttl"] <= 0
+    vault.advance(10)
+    with pytest.raises(hvac_exc.InvalidRequest, match="invalid accessor"):
+        c.auth.token.lookup_accessor(wrapped["accessor"])
+
+
+def test_losing_concurrent_unwrap_may_get_500_under_the_switch(vault: VaultDouble) -> None:
+    """vault/wrapping.go: the loser of two concurrent unwraps may see 500 "internal error" (switch on)."""
+    vault.racing_unwrap_500 = True
+    wrapped = client(vault).auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    assert raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"]).status_code == 200
+    loser = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert loser.status_code == 500 and loser.json() == {"errors": ["internal error"]}
+    vault.racing_unwrap_500 = False
+    late = raw(vault, "POST", "sys/wrapping/unwrap", token=wrapped["token"])
+    assert late.status_code == 400 and late.json() == {"errors": [INVALID_WRAPPING_TOKEN]}
 
 
 def test_expired_tokens_are_gone_by_accessor(vault: VaultDouble) -> None:
@@ -651,3 +711,76 @@ def test_configure_factory_claim_and_mount_policies(vault: VaultDouble) -> None:
     assert role is not None
     assert role["allowed_policies_glob"] == ["runner-*"] and role["orphan"] is True
     assert role["renewable"] is False and role["token_type"] == "service" and role["token_no_default_policy"] is True
+
+
+# --------------------------------------------------------------------------- KV delete_version_after (rev. 2)
+
+
+def test_kv_config_delete_version_after_stamps_a_future_deletion_time_and_the_data_still_reads(vault: VaultDouble) -> None:
+    """vault-plugin-secrets-kv path_config.go (kv/config), path_data.go (write stamps deletion_time =
+    creation + delete_version_after; a version reads until that time), delete_version_after.go."""
+    c = client(vault)
+    resp = raw(vault, "POST", "kv/config", json={"delete_version_after": "720h"})
+    assert resp.status_code == 204
+    assert raw(vault, "GET", "kv/config").json()["data"]["delete_version_after"] == "720h0m0s"
+    c.secrets.kv.v2.create_or_update_secret("disinto/runner/A", secret={"value": "a"}, mount_point="kv")
+    read = c.secrets.kv.v2.read_secret_version("disinto/runner/A", mount_point="kv", raise_on_deleted_version=True)
+    assert read["data"]["data"] == {"value": "a"}
+    assert read["data"]["metadata"]["deletion_time"] != ""  # in the future, yet readable
+    meta = c.secrets.kv.v2.read_secret_metadata("disinto/runner/A", mount_point="kv")["data"]
+    assert meta["versions"]["1"]["deletion_time"] == read["data"]["metadata"]["deletion_time"]
+    vault.advance(720 * 3600)
+    gone = raw(vault, "GET", "kv/data/disinto/runner/A")
+    assert gone.status_code == 404 and gone.json()["data"]["metadata"]["deletion_time"] != ""
+
+
+def test_kv_key_delete_version_after_takes_the_smaller_non_zero_of_mount_and_key(vault: VaultDouble) -> None:
+    """vault-plugin-secrets-kv delete_version_after.go deletionTime: the minimum non-zero of mount and key."""
+    c = client(vault)
+    raw(vault, "POST", "kv/config", json={"delete_version_after": "720h"})
+    raw(vault, "POST", "kv/metadata/disinto/runner/B", json={"delete_version_after": "1h"})
+    assert c.secrets.kv.v2.read_secret_metadata("disinto/runner/B", mount_point="kv")["data"]["delete_version_after"] == "1h0m0s"
+    c.secrets.kv.v2.create_or_update_secret("disinto/runner/B", secret={"value": "b"}, mount_point="kv")
+    vault.advance(3599)
+    assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 200
+    vault.advance(1)
+    assert raw(vault, "GET", "kv/data/disinto/runner/B").status_code == 404
+
+
+# --------------------------------------------------------------------------- token roles (rev. 2)
+
+
+def test_role_default_policy_rules_apply_only_to_roles_with_lists(vault: VaultDouble) -> None:
+    """vault/token_store.go handleCreateCommon: default is added unless the request says
+    no_default_policy or - only for a role with allowed/disallowed lists - the role says
+    token_no_default_policy or disallows default (literally or by glob)."""
+    c = client(vault)
+    put_role(c, "plain", token_no_default_policy=True)  # no lists: the role's setting does not drop default
+    assert c.auth.token.create(role_name="plain", policies=["x"])["auth"]["policies"] == ["default", "x"]
+    assert c.auth.token.create(role_name="plain", policies=["x"], no_default_policy=True)["auth"]["policies"] == ["x"]
+    put_role(c, "listed", allowed_policies_glob=["x*"], token_no_default_policy=True)
+    assert c.auth.token.create(role_name="listed", policies=["x"])["auth"]["policies"] == ["x"]
+    put_role(c, "globbed", allowed_policies_glob=["x*"], disallowed_policies_glob=["default"])
+    assert c.auth.token.create(role_name="globbed", policies=["x"])["auth"]["policies"] == ["x"]
+    put_role(c, "listed-default", allowed_policies_glob=["x*"])
+    assert c.auth.token.create(role_name="listed-default", policies=["x"])["auth"]["policies"] == ["default", "x"]
+
+
+def test_token_roles_have_no_token_ttl_and_ignore_unknown_fields_with_a_warning(vault: VaultDouble) -> None:
+    """vault/token_store.go: token roles take only token_bound_cidrs, token_explicit_max_ttl, token_period,
+    token_type, token_no_default_policy, token_num_uses of the tokenutil fields; others are ignored (warning)."""
+    resp = raw(vault, "POST", "auth/token/roles/r", json={"allowed_policies": ["x"], "token_ttl": "1h", "token_max_ttl": "2h", "bogus": 1})
+    assert resp.status_code == 200
+    assert resp.json()["warnings"] == ["Endpoint ignored these unrecognized parameters: [bogus token_max_ttl token_ttl]"]
+    role = client(vault).adapter.get("/v1/auth/token/roles/r")["data"]
+    assert "token_ttl" not in role and "token_max_ttl" not in role and "bogus" not in role
+    assert raw(vault, "POST", "auth/token/roles/r2", json={"allowed_policies": ["x"]}).status_code == 204
+
+
+def test_wrapping_lookup_is_unauthenticated(vault: VaultDouble) -> None:
+    """vault/logical_system.go PathsSpecial Unauthenticated, vault/wrapping.go: sys/wrapping/lookup needs no token at all."""
+    info = client(vault).auth.token.create(policies=["x"], wrap_ttl="300s")["wrap_info"]
+    resp = raw(vault, "POST", "sys/wrapping/lookup", token=None, json={"token": info["token"]})
+    assert resp.status_code == 200 and resp.json()["data"]["creation_ttl"] == 300
+    bad = raw(vault, "POST", "sys/wrapping/lookup", token=None, json={"token": "hvs.nothing"})
+    assert bad.status_code == 400 and bad.json() == {"errors": [INVALID_WRAPPING_TOKEN]}

@@ -111,10 +111,13 @@ def test_sample_actions_run_once_and_report_with_audit_trail(cluster, harness):
         assert run.state == State.REPORTED
         token = cluster.vault.token_by_accessor(run.token_accessor)
         declared = {f"runner-{s}".lower() for s in res["secrets"]} | {f"runner-mount-{m}" for m in res["mounts"]}
-        assert set(token["policies"]) == declared
+        assert set(token["policies"]) == declared | {"runner-claim"}
         assert "default" not in token["policies"]
         assert token["renewable"] is False
         assert token["revoked"] is True
+        # The runner revoked its own claim (runner-claim grants revoke-self): no denial in the log tail.
+        assert "permission denied" not in res["logs"].lower(), res["logs"]
+        assert any(c.header("X-Vault-Token") == token["token"] for c in cluster.vault.calls_to("POST", r"/v1/auth/token/revoke-self"))
         # The durable claim is closed: a retry may claim a new attempt.
         claim = _nomad_get(cluster, f"/v1/var/reconciler/runs/{run.id}").json()
         assert claim["Items"]["state"] == "done" and claim["Items"]["attempt"] == str(run.attempt), claim["Items"]
@@ -257,6 +260,46 @@ def test_secrets_printed_by_a_formula_never_reach_logs_or_results(cluster, harne
                 assert secret[i:i + size] not in res["logs"], (action_id, "fragment in result")
     assert "REDACTED" in result(cluster, "leaky-1")["logs"]
     assert_no_secret_anywhere(cluster, harness, [secret])
+
+
+def test_each_claim_token_is_revoked_before_its_formula_starts(cluster, harness):
+    """The runner revokes its claim right after reading secrets and mounts: the double's token record
+    shows the revocation before the formula's first instruction ran (same clock: the double's is time.time)."""
+    stamps = cluster.workdir / "formula-start-stamps"
+    stamps.mkdir(exist_ok=True)
+    write_formula(cluster, "stamped", f'python3 -c "import time; print(repr(time.time()))" > "{stamps}/$ACTION_ID"\necho "stamped $ACTION_ID"\n')
+    ids = ["stamped-plain", "stamped-secret"]
+    cluster.merge_action(ids[0], action_toml(ids[0], formula="stamped"))
+    cluster.merge_action(ids[1], action_toml(ids[1], formula="stamped", secrets=["GITHUB_TOKEN"]))
+    harness.until_idle()
+    for action_id in ids:
+        res = result(cluster, action_id)
+        assert res["outcome"] == "success", res
+        assert "permission denied" not in res["logs"].lower(), res["logs"]
+        run = harness.store.find(action_id)
+        token = cluster.vault.token_by_accessor(run.token_accessor)
+        started = float((stamps / action_id).read_text())
+        assert token["revoked"] is True and token["revoked_at"] < started, (token["revoked_at"], started)
+        assert "runner-claim" in token["policies"]
+
+
+def test_actions_run_with_delete_version_after_on_the_kv_mount(cluster, harness):
+    """vault-plugin-secrets-kv: with ``delete_version_after`` on ``kv/config`` every write stamps a future
+    deletion time; the secret stays live until then, so the action is dispatched and reads it."""
+    cluster.vault.configure_kv(delete_version_after="720h")
+    try:
+        name = "GITHUB_TOKEN"
+        cluster.vault.put_secret(f"disinto/runner/{name}", {"value": cluster.secrets[name]})  # a new version, stamped
+        meta = cluster.vault._kv_metadata_body(cluster.vault._kv[f"disinto/runner/{name}"])
+        assert meta["versions"][str(meta["current_version"])]["deletion_time"] != ""  # a future deletion time
+        write_formula(cluster, "dva", f'test -n "${name}" && echo "dva formula has its secret"\n')
+        cluster.merge_action("dva-1", action_toml("dva-1", formula="dva", secrets=[name]))
+        harness.until_idle()
+    finally:
+        cluster.vault.configure_kv(delete_version_after=0)
+    res = result(cluster, "dva-1")
+    assert res["outcome"] == "success" and res["exit_code"] == 0, res.get("reason") or res
+    assert "dva formula has its secret" in res["logs"]
 
 
 # ----------------------------------------------------------------------------- lost node

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hvac
+import requests
 import pytest
 
 from reconciler.doubles.vault import (
     INVALID_WRAPPING_TOKEN,
     RUNNER_CLAIM_POLICY,
-    RUNNER_CLAIM_POLICY_TEXT,
     VaultDouble,
     configure_factory,
 )
@@ -222,10 +222,10 @@ def run_runner(env: dict[str, str], timeout: float = 30) -> Result:
 
 
 def mint_claim(
-    client: hvac.Client, secrets: list[str], mounts: list[str], *, role: str | None = "vault-runner"
+    client: hvac.Client, secrets: list[str], mounts: list[str], *, role: str | None = "vault-runner", claim_policy: bool = True
 ) -> tuple[str, str]:
-    """Mint the attempt's claim as the reconciler does; returns (wrapping token, wrapped accessor)."""
-    policies = [f"runner-{s}" for s in secrets] + [f"runner-mount-{m}" for m in mounts] or [RUNNER_CLAIM_POLICY]
+    """Mint the attempt's claim as the reconciler does (``runner-claim`` always); returns (wrapping token, wrapped accessor)."""
+    policies = [f"runner-{s}" for s in secrets] + [f"runner-mount-{m}" for m in mounts] + ([RUNNER_CLAIM_POLICY] if claim_policy else [])
     kwargs: dict[str, Any] = {
         "policies": policies,
         "renewable": False,
@@ -314,13 +314,8 @@ def test_action_without_secrets_claims_with_runner_claim_only(
 
 
 def test_runner_revokes_its_token_before_the_formula_runs(task: Task, dispatcher: hvac.Client, vault: VaultDouble) -> None:
-    # A claim policy that lets the token revoke itself (the factory's runner-*
-    # policies do not grant it; see the next test).
-    vault.put_policy(
-        RUNNER_CLAIM_POLICY,
-        RUNNER_CLAIM_POLICY_TEXT + 'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}\n',
-    )
-    env, accessor = dispatch(task, dispatcher, "record", [], [])
+    # runner-claim, on every claim, grants exactly auth/token/revoke-self (claims carry no default policy).
+    env, accessor = dispatch(task, dispatcher, "record", ["GITHUB_TOKEN"], [])
     result = run_runner(env)
     assert result.code == 0, result.stderr
     token = vault.token_by_accessor(accessor)
@@ -328,10 +323,14 @@ def test_runner_revokes_its_token_before_the_formula_runs(task: Task, dispatcher
     revoked_at = token["revoked_at"]
     assert revoked_at is not None and revoked_at <= (task.markers / "ran").stat().st_mtime + 1
     assert "revoke" not in result.stderr
+    assert "permission denied" not in (result.stderr + result.stdout).lower()
 
 
 def test_failed_revoke_self_is_reported_but_not_fatal(task: Task, dispatcher: hvac.Client, vault: VaultDouble) -> None:
-    env, accessor = dispatch(task, dispatcher, "record", ["GITHUB_TOKEN"], [])
+    # A claim minted without runner-claim (an older reconciler): revoke-self is denied.
+    wrapping, accessor = mint_claim(dispatcher, ["GITHUB_TOKEN"], [], claim_policy=False)
+    task.write_payload(wrapping)
+    env = task.env("record", accessor, ["GITHUB_TOKEN"], [])
     result = run_runner(env)
     assert result.code == 0, result.stderr
     assert task.formula_ran()
@@ -427,6 +426,36 @@ def test_unwrap_reply_lost_is_not_retried_and_runs_nothing(task: Task, dispatche
     assert result.code == RunnerExit.VAULT_ERROR
     assert len(vault.calls_to("POST", r"/v1/sys/wrapping/unwrap")) == 1
     assert wrapping_token_used(vault, wrapping)
+    assert not task.formula_ran()
+
+
+def test_losing_a_concurrent_unwrap_with_500_is_claim_taken(task: Task, dispatcher: hvac.Client, vault: VaultDouble) -> None:
+    """vault/wrapping.go: the loser of two concurrent unwraps may get 500; the wrapping token is used
+    by then, so the runner exits claim_taken (90), not vault_error."""
+    vault.racing_unwrap_500 = True
+    env, _ = dispatch(task, dispatcher, "record", [], [])
+    wrapping = json.loads(task.payload.read_text())["wrapping_token"]
+    # The other copy unwraps between this runner's lookup (reply held) and its unwrap.
+    hold = vault.faults.hold(lambda r: r.path == "/v1/sys/wrapping/lookup")
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.runner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=env["HOME"])
+    assert hold.arrived.wait(20)
+    winner = requests.post(f"{vault.address}/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": wrapping}, timeout=5)
+    assert winner.status_code == 200
+    vault.faults.release()
+    out, err = proc.communicate(timeout=30)
+    result = Result(proc.returncode, out.decode(), err.decode())
+    assert result.code == RunnerExit.CLAIM_TAKEN, result.stderr
+    assert "took the claim at the same moment" in result.stderr
+    assert not task.formula_ran()
+
+
+def test_unwrap_500_with_the_token_still_valid_is_vault_error(task: Task, dispatcher: hvac.Client, vault: VaultDouble) -> None:
+    env, _ = dispatch(task, dispatcher, "record", [], [])
+    wrapping = json.loads(task.payload.read_text())["wrapping_token"]
+    vault.faults.fail_next(1, "error", match=lambda r: r.path == "/v1/sys/wrapping/unwrap")
+    result = run_runner(env)
+    assert result.code == RunnerExit.VAULT_ERROR, result.stderr
+    assert not wrapping_token_used(vault, wrapping)
     assert not task.formula_ran()
 
 
