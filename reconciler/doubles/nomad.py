@@ -792,7 +792,12 @@ class NomadDouble(DoubleServer):
             self.acl_tokens[secret] = list(policies)
         return secret
 
+    def _acl_enabled(self) -> None:
+        if self.token is None:
+            raise _Fail(400, "ACL support disabled")  # nomad/acl_endpoint.go: ACLs off
+
     def _h_acl_policy_read(self, req: Request) -> Response:
+        self._acl_enabled()
         name = req.params["name"]
         with self._lock:
             policy = self.acl_policies.get(name)
@@ -801,6 +806,7 @@ class NomadDouble(DoubleServer):
             return self._reply(copy.deepcopy(policy), policy["ModifyIndex"])
 
     def _h_acl_policy_write(self, req: Request) -> Response:
+        self._acl_enabled()
         name = req.params["name"]
         body = _json_body(req)
         if _field(body, "Name") and _field(body, "Name") != name:
@@ -812,12 +818,14 @@ class NomadDouble(DoubleServer):
         return Response(200, b"", {"X-Nomad-Index": str(self.acl_policies[name]["ModifyIndex"])})
 
     def _h_acl_policy_delete(self, req: Request) -> Response:
+        self._acl_enabled()
         with self._lock:
             self.acl_policies.pop(req.params["name"], None)
             idx = self._next_index()
         return Response(200, b"", {"X-Nomad-Index": str(idx)})
 
     def _h_acl_policies(self, req: Request) -> Response:
+        self._acl_enabled()
         with self._lock:
             stubs = [{k: p[k] for k in ("Name", "Description", "CreateIndex", "ModifyIndex")} for _, p in sorted(self.acl_policies.items())]
             return self._reply(stubs, max([p["ModifyIndex"] for p in self.acl_policies.values()] or [1]))
