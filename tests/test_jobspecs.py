@@ -544,3 +544,49 @@ def test_apply_with_a_vault_token_that_may_not_write_policies_fails_loudly(vault
         "vault refused read policy reconciler-dispatcher: HTTP 403: 1 error occurred: permission denied; "
         "check the operator token"
     )
+
+
+def test_apply_without_host_volume_rules_names_them_after_writing_every_policy(nomad: NomadDouble, vault: VaultDouble) -> None:
+    """nomad/job_endpoint.go doRegister: a job mounting host volumes needs a host_volume rule per source.
+    The first edition's operator policy had none: apply stopped after vault-runner, before any policy."""
+    old = (SPECS / "nomad-acl" / "operator-register.hcl").read_text(encoding="utf-8").split("# Registering a job that mounts")[0]
+    nomad.set_policy("operator-old", old)
+    client = NomadClient(NomadSettings(addr=nomad.address, token=nomad.add_token(["operator-old"]), namespace=NAMESPACE))
+    lines: list[str] = []
+    with pytest.raises(PermanentError) as refused:
+        jobspecs.apply(runners_settings(addr=nomad.address), client, vault_admin(vault), out=lines.append,
+                       nomad_acl=jobspecs.NomadACLHTTP(nomad.address, NOMAD_TOKEN))
+    message = str(refused.value)
+    assert "registering sidecar needs" in message
+    assert 'host_volume "factory" { capabilities = ["mount-readonly"] }' in message
+    assert 'host_volume "projects" { capabilities = ["mount-readonly"] }' in message
+    assert vault_admin(vault).read_role("vault-runner") is not None, "the Vault side was written first"
+    assert "reconciler" in nomad.acl_policies, "so were the Nomad ACL policies"
+    assert any(line.startswith("created job vault-runner") or "vault-runner" in line for line in lines)
+
+
+class _Nomad1ACL(jobspecs.NomadACLHTTP):
+    """A Nomad 1.x ACL endpoint: refuses the capability it does not know (acl/policy.go v1.9.7)."""
+
+    def __init__(self) -> None:
+        self.written: dict[str, str] = {}
+
+    def read_policy_full(self, name: str) -> dict[str, Any] | None:
+        return None
+
+    def write_policy(self, name: str, rules: str, description: str, job_acl: Any = None) -> None:
+        if '"deregister-job"' in rules:  # in a capabilities list, not a comment
+            raise PermanentError(
+                "nomad refused write ACL policy reconciler: HTTP 400: policy 0 invalid: Invalid namespace capability 'deregister-job'",
+                system="nomad",
+            )
+        self.written[name] = rules
+
+
+def test_apply_on_nomad_1x_writes_the_submit_job_variant() -> None:
+    acl = _Nomad1ACL()
+    report = jobspecs.ApplyReport()
+    jobspecs._apply_acl(runners_settings(), acl, report, lambda line: None)
+    assert acl.written["reconciler"] == jobspecs.nomad_reconciler_policy_text(NAMESPACE, nomad1=True)
+    item = [i for i in report.items if i.name == "reconciler"][0]
+    assert item.status == "created" and "Nomad 1.x" in item.detail
