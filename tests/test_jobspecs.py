@@ -590,3 +590,18 @@ def test_apply_on_nomad_1x_writes_the_submit_job_variant() -> None:
     assert acl.written["reconciler"] == jobspecs.nomad_reconciler_policy_text(NAMESPACE, nomad1=True)
     item = [i for i in report.items if i.name == "reconciler"][0]
     assert item.status == "created" and "Nomad 1.x" in item.detail
+
+
+def test_kill_timeouts_within_the_client_cap_and_lost_nodes_not_replaced() -> None:
+    """Clients cap kill_timeout at max_kill_timeout (default 30 s); on Nomad >= 1.8 disconnect
+    { replace = false } keeps an allocation on a lost node unknown instead of starting a second copy
+    (scheduler/reconciler/filters.go)."""
+    from reconciler.doubles.nomad_hcl import parse_duration, parse_jobspec
+
+    for job in jobspecs.JOB_FILES:
+        parsed = parse_jobspec(jobspecs.jobspec_text(job), variables={})
+        for tg in parsed["TaskGroups"]:
+            for task in tg["Tasks"]:
+                assert parse_duration(task.get("KillTimeout") or 0) <= 30 * 10**9, (job, task["Name"])
+            if job in ("vault-runner", "sidecar"):
+                assert tg.get("Disconnect", {}).get("Replace") is False, job

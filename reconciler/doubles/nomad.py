@@ -34,6 +34,7 @@ import binascii
 import collections
 import copy
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -437,6 +438,27 @@ MIN_LOCK_TTL, MAX_LOCK_TTL = 10.0, 24 * 3600.0
 """``minVariableLockTTL``, ``maxVariableLockTTL``."""
 MAX_VARIABLE_SIZE = 65536
 """``maxVariableSize``: the Items' keys and values together."""
+
+
+_VALID_VARIABLE_PATH = re.compile(r"^[a-zA-Z0-9-_~/]{1,128}$")
+
+
+def _variable_path_problem(path: str) -> str | None:
+    """``nomad/structs/variables.go`` ``ValidatePath``: the charset, and ``nomad/`` reserved."""
+    if not _VALID_VARIABLE_PATH.match(path):
+        return f"invalid path {json.dumps(path)}"
+    parts = path.split("/")
+    if parts[0] != "nomad":
+        return None
+    if len(parts) == 1:
+        return ('"nomad" is a reserved top-level directory path, but you may write variables to "nomad/jobs", '
+                '"nomad/job-templates", "nomad/sentinel", or below')
+    if parts[1] in ("jobs", "sentinel") or (parts[1] == "job-templates" and len(parts) == 3):
+        return None
+    if parts[1] == "job-templates":
+        return ('"nomad/job-templates" is a reserved directory path, but you may write variables at the level below it, '
+                'for example, "nomad/job-templates/template-name"')
+    return 'only paths at "nomad/jobs" or "nomad/job-templates" and below are valid paths under the top-level "nomad" directory'
 
 
 def _multierror(problems: list[str]) -> str:
@@ -2028,6 +2050,9 @@ class NomadDouble(DoubleServer):
 
     def _h_var_write(self, req: Request) -> Response:
         ns, path = self._ns(req), self._var_path(req)
+        problem = _variable_path_problem(path)
+        if problem and not req.has_arg("lock-renew"):
+            raise _Fail(400, problem)
         body = _json_body(req)
         with self._lock:
             if req.has_arg("lock-acquire"):

@@ -242,3 +242,19 @@ def test_shipped_policies_parse_in_the_double(double: NomadDouble) -> None:
         double.set_policy(path.stem, path.read_text(encoding="utf-8"))
     for name, rules in jobspecs.nomad_acl_policies(Settings()).items():
         double.set_policy(name, rules)
+
+
+def test_variable_path_rules_of_the_server(double: NomadDouble) -> None:
+    """nomad/structs/variables.go ValidatePath: ^[a-zA-Z0-9-_~/]{1,128}$, and nomad/ is reserved
+    except nomad/jobs..., nomad/sentinel... and nomad/job-templates/<name>."""
+    for bad, text in (
+        ("has space", "invalid path"),
+        ("x" * 129, "invalid path"),
+        ("nomad", 'reserved top-level directory path'),
+        ("nomad/other", 'only paths at "nomad/jobs"'),
+        ("nomad/job-templates/a/b", '"nomad/job-templates" is a reserved directory path'),
+    ):
+        reply = raw(double, "PUT", f"/v1/var/{bad}", json={"Items": {"k": "v"}})
+        assert reply.status_code == 400 and text in reply.text, (bad, reply.text)
+    for good in ("nomad/jobs/x", "nomad/job-templates/t", "reconciler/runs/a~b_c-d"):
+        assert raw(double, "PUT", f"/v1/var/{good}", json={"Items": {"k": "v"}}).status_code == 200, good
