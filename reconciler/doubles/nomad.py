@@ -995,13 +995,21 @@ class NomadDouble(DoubleServer):
                     ),
                 )
             if not self._spec_changed(existing, job):
-                return {
+                # nomad/job_endpoint.go Register: an unchanged spec is not written; the reply's
+                # JobModifyIndex is the job's ModifyIndex, and a service or batch job (not
+                # parameterized, not periodic) still gets a forced evaluation.
+                reply = {
                     "EvalID": "",
                     "EvalCreateIndex": 0,
-                    "JobModifyIndex": existing["JobModifyIndex"],
+                    "JobModifyIndex": existing["ModifyIndex"],
                     "Warnings": "",
                     "Index": existing["ModifyIndex"],
                 }
+                if not _is_parameterized(existing) and not existing.get("Periodic"):
+                    ev = self._new_eval(key, "job-register", [])
+                    self._update_eval(ev, Status="complete")
+                    reply.update(EvalID=ev["ID"], EvalCreateIndex=ev["CreateIndex"], Index=ev["CreateIndex"])
+                return reply
         idx = self._touch("jobs")
         for volatile in (
             "Status",

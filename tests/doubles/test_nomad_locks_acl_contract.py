@@ -258,3 +258,20 @@ def test_variable_path_rules_of_the_server(double: NomadDouble) -> None:
         assert reply.status_code == 400 and text in reply.text, (bad, reply.text)
     for good in ("nomad/jobs/x", "nomad/job-templates/t", "reconciler/runs/a~b_c-d"):
         assert raw(double, "PUT", f"/v1/var/{good}", json={"Items": {"k": "v"}}).status_code == 200, good
+
+
+def test_reregistering_an_unchanged_job_replies_its_modify_index_and_forces_an_eval(double: NomadDouble) -> None:
+    """nomad/job_endpoint.go Register: an unchanged spec is not written; the reply's JobModifyIndex is
+    the job's ModifyIndex (not its JobModifyIndex) and a service or batch job gets a new evaluation."""
+    hcl = 'job "svc" {\n  type = "batch"\n  group "g" {\n    task "t" {\n      driver = "raw_exec"\n      config {\n        command = "python3"\n        args = ["-c", "import time; time.sleep(30)"]\n      }\n    }\n  }\n}\n'
+    job = requests.post(f"{double.address}/v1/jobs/parse", headers={"X-Nomad-Token": TOKEN}, json={"JobHCL": hcl, "Canonicalize": True}, timeout=10).json()
+    raw(double, "POST", "/v1/jobs", json={"Job": job})
+    assert double.wait_until(lambda: (double.job("svc") or {}).get("Status") == "running", 10)
+    live = raw(double, "GET", "/v1/job/svc").json()
+    assert live["ModifyIndex"] > live["JobModifyIndex"], "the job's status moved its ModifyIndex"
+    evals_before = len(raw(double, "GET", "/v1/job/svc/evaluations").json())
+    again = raw(double, "POST", "/v1/jobs", json={"Job": job}).json()
+    assert again["JobModifyIndex"] == live["ModifyIndex"] != live["JobModifyIndex"]
+    assert again["EvalID"] and len(raw(double, "GET", "/v1/job/svc/evaluations").json()) == evals_before + 1
+    assert raw(double, "GET", "/v1/job/svc").json()["JobModifyIndex"] == live["JobModifyIndex"], "nothing was written"
+    raw(double, "DELETE", "/v1/job/svc?purge=true")
