@@ -595,6 +595,17 @@ class NomadACLHTTP(_HTTP):
         except NotFoundError:
             return None
 
+    def token_self(self) -> dict[str, Any] | None:
+        """The caller's token (``Type``, ``Policies``); None when ACLs are off or the endpoint is missing."""
+        try:
+            return dict(self.request("GET", "/v1/acl/token/self", "read its own ACL token").json() or {})
+        except NotFoundError:
+            return None
+        except PermanentError as exc:
+            if "ACL support disabled" in str(exc):
+                return None
+            raise
+
     def write_policy(self, name: str, rules: str, description: str, job_acl: Mapping[str, Any] | None = None) -> None:
         """Write the policy. Nomad replaces the whole policy: ``job_acl`` (the binding to a job's
         workload identity, ``nomad acl policy apply -job``) must be sent back or it is dropped."""
@@ -750,9 +761,10 @@ def _record_path(job: str) -> str:
 
 
 def _apply_job(
-    settings: Settings, nomad: NomadJobs, job: str, report: ApplyReport, emit: Callable[[str], None]
+    settings: Settings, nomad: NomadJobs, job: str, report: ApplyReport, emit: Callable[[str], None],
+    parsed: Mapping[str, Any] | None = None,
 ) -> None:
-    parsed = nomad.parse_hcl(jobspec_text(job), job_variables(settings, job))
+    parsed = dict(parsed) if parsed is not None else nomad.parse_hcl(jobspec_text(job), job_variables(settings, job))
     job_id = str(parsed.get("ID") or job)
     before = nomad.job(job_id)
     enforce = int(before["JobModifyIndex"]) if before is not None else 0
@@ -822,6 +834,17 @@ def apply(
             "warning: NOMAD_NAMESPACE is 'default'; runner jobs should live in their own namespace "
             "(e.g. runners) that only the reconciler may dispatch into"
         )
+    nomad_settings = getattr(nomad_client, "settings", None) or settings.nomad
+    selected = list(jobs) if jobs is not None else list(JOB_FILES)
+    parsed = {job: nomad_client.parse_hcl(jobspec_text(job), job_variables(settings, job)) for job in selected}
+    own = NomadACLHTTP(nomad_settings.addr, nomad_settings.token, timeout=nomad_settings.timeout)
+    missing = missing_permissions(settings, own, parsed) if parsed else []
+    if missing:
+        raise PermanentError(
+            "the Nomad token of `jobspecs apply` lacks, so nothing was written: " + "; ".join(missing)
+            + f" (see jobspecs/nomad-acl/{NOMAD_OPERATOR_POLICY}.hcl)",
+            system="nomad",
+        )
     # Order: what the jobs rely on first (Vault policies and role, Nomad ACL policies), then the
     # jobs, those without host volumes first. A missing permission on a job (host_volume rules)
     # then stops apply with the policies already in place and names exactly what is missing.
@@ -833,12 +856,42 @@ def apply(
         emit(item.line())
     acl = nomad_acl
     if acl is None:
-        nomad_settings = getattr(nomad_client, "settings", None) or settings.nomad
         acl = NomadACLHTTP(nomad_settings.addr, nomad_settings.token, timeout=nomad_settings.timeout)
     _apply_acl(settings, acl, report, emit)
-    for job in list(jobs) if jobs is not None else list(JOB_FILES):
-        _apply_job(settings, nomad_client, job, report, emit)
+    for job in selected:
+        _apply_job(settings, nomad_client, job, report, emit, parsed[job])
     return report
+
+
+def missing_permissions(settings: Settings, own: NomadACLHTTP, parsed: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What the token behind ``own`` lacks to register ``parsed`` (job -> parsed job), exactly; [] when
+    it lacks nothing, is a management token, or ACLs are off. Reads the token and its policies only."""
+    from reconciler import nomad_acl
+    from reconciler.nomad_policy import Grants
+
+    token = own.token_self()
+    if token is None or token.get("Type") == "management":
+        return []
+    rules = [own.read_policy(str(name)) or "" for name in token.get("Policies") or []]
+    try:
+        grants = Grants.of(rules)
+    except ValueError:
+        return []  # a policy we cannot read (JSON rules): the server decides, and 403s name the job
+    ns = settings.nomad.namespace
+    missing: list[str] = []
+    for call in nomad_acl.calls_of("operator"):
+        if call.scope == "namespace" and not grants.allow_ns(ns, *call.any_of):
+            missing.append(f'namespace "{ns}" capability {" or ".join(call.any_of)} ({call.http})')
+    for job_id, job in parsed.items():
+        for tg in job.get("TaskGroups") or []:
+            for vol in (tg.get("Volumes") or {}).values():
+                if (vol or {}).get("Type") != "host":
+                    continue
+                caps = ("mount-readonly", "mount-readwrite") if vol.get("ReadOnly") else ("mount-readwrite",)
+                line = f'host_volume "{vol.get("Source")}" {{ capabilities = ["{caps[0]}"] }} (job {job_id})'
+                if not grants.allow_host_volume(str(vol.get("Source")), *caps) and line not in missing:
+                    missing.append(line)
+    return missing
 
 
 # -- drift guard -------------------------------------------------------------------------------------

@@ -546,23 +546,41 @@ def test_apply_with_a_vault_token_that_may_not_write_policies_fails_loudly(vault
     )
 
 
-def test_apply_without_host_volume_rules_names_them_after_writing_every_policy(nomad: NomadDouble, vault: VaultDouble) -> None:
+def test_apply_without_host_volume_rules_names_them_and_writes_nothing(nomad: NomadDouble, vault: VaultDouble) -> None:
     """nomad/job_endpoint.go doRegister: a job mounting host volumes needs a host_volume rule per source.
-    The first edition's operator policy had none: apply stopped after vault-runner, before any policy."""
+    The first edition's operator policy had none and apply stopped half way; now it reads its own token
+    (/v1/acl/token/self) and policies first, and says exactly what is missing before any write."""
     old = (SPECS / "nomad-acl" / "operator-register.hcl").read_text(encoding="utf-8").split("# Registering a job that mounts")[0]
     nomad.set_policy("operator-old", old)
     client = NomadClient(NomadSettings(addr=nomad.address, token=nomad.add_token(["operator-old"]), namespace=NAMESPACE))
-    lines: list[str] = []
     with pytest.raises(PermanentError) as refused:
-        jobspecs.apply(runners_settings(addr=nomad.address), client, vault_admin(vault), out=lines.append,
+        jobspecs.apply(runners_settings(addr=nomad.address), client, vault_admin(vault),
                        nomad_acl=jobspecs.NomadACLHTTP(nomad.address, NOMAD_TOKEN))
     message = str(refused.value)
-    assert "registering sidecar needs" in message
-    assert 'host_volume "factory" { capabilities = ["mount-readonly"] }' in message
-    assert 'host_volume "projects" { capabilities = ["mount-readonly"] }' in message
-    assert vault_admin(vault).read_role("vault-runner") is not None, "the Vault side was written first"
-    assert "reconciler" in nomad.acl_policies, "so were the Nomad ACL policies"
-    assert any(line.startswith("created job vault-runner") or "vault-runner" in line for line in lines)
+    assert "nothing was written" in message
+    assert 'host_volume "factory" { capabilities = ["mount-readonly"] } (job sidecar)' in message
+    assert 'host_volume "projects" { capabilities = ["mount-readonly"] } (job sidecar)' in message
+    assert 'host_volume "reconciler-state" { capabilities = ["mount-readwrite"] } (job reconciler)' in message
+    assert "submit-job" not in message, "it has submit-job"
+    assert vault_admin(vault).read_role("vault-runner") is None and nomad.job("vault-runner", namespace=NAMESPACE) is None
+    assert "reconciler" not in nomad.acl_policies
+
+
+def test_a_job_refused_anyway_names_what_registering_it_needs(nomad: NomadDouble) -> None:
+    """When the pre-check cannot see a lack (e.g. a policy changed meanwhile), the 403 says what the job needs."""
+    class Blind(jobspecs.NomadACLHTTP):
+        def token_self(self):  # as with ACLs off: the server decides
+            return None
+
+    nomad.set_policy("submit-only", 'namespace "runners" { capabilities = ["submit-job", "parse-job", "read-job", "list-jobs"] }')
+    client = NomadClient(NomadSettings(addr=nomad.address, token=nomad.add_token(["submit-only"]), namespace=NAMESPACE))
+    original = jobspecs.NomadACLHTTP
+    jobspecs.NomadACLHTTP = Blind  # type: ignore[misc]
+    try:
+        with pytest.raises(PermanentError, match=r'registering sidecar needs submit-job in namespace "runners", host_volume "factory"'):
+            jobspecs.apply(runners_settings(addr=nomad.address), client, None, jobs=["sidecar"], nomad_acl=original(nomad.address, NOMAD_TOKEN))
+    finally:
+        jobspecs.NomadACLHTTP = original  # type: ignore[misc]
 
 
 class _Nomad1ACL(jobspecs.NomadACLHTTP):

@@ -713,6 +713,7 @@ class NomadDouble(DoubleServer):
         r("POST", r"/v1/var/(?P<path>.+)", self._h_var_write)
         r("DELETE", r"/v1/var/(?P<path>.+)", self._h_var_delete)
         r("GET", r"/v1/event/stream", self._h_event_stream)
+        r("GET", r"/v1/acl/token/self", self._h_acl_token_self)
         r("GET", r"/v1/acl/policies", self._h_acl_policies)
         r("GET", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_read)
         r("POST", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_write)
@@ -758,8 +759,14 @@ class NomadDouble(DoubleServer):
         else:
             raise _Fail(403, "ACL token not found")
         req.acl = acl  # type: ignore[attr-defined]
+        req.token_secret = supplied  # type: ignore[attr-defined]
         ns = req.arg("namespace") or "default"
         if req.path.startswith("/v1/acl/"):
+            if req.path == "/v1/acl/token/self":
+                return  # any valid token reads itself
+            held = self.acl_tokens.get(supplied, [])
+            if req.method == "GET" and req.path.startswith("/v1/acl/policy/") and unquote(req.path.rsplit("/", 1)[1]) in held:
+                return  # nomad/acl_endpoint.go GetPolicy: a token may read the policies it holds
             if not acl.management:
                 raise _Fail(403, "Permission denied")
             return
@@ -817,6 +824,21 @@ class NomadDouble(DoubleServer):
     def _acl_enabled(self) -> None:
         if self.token is None:
             raise _Fail(400, "ACL support disabled")  # nomad/acl_endpoint.go: ACLs off
+
+    def _h_acl_token_self(self, req: Request) -> Response:
+        """``GET /v1/acl/token/self`` (nomad/acl_endpoint.go ResolveToken): the caller's token."""
+        self._acl_enabled()
+        secret = getattr(req, "token_secret", "")
+        management = secret == self.token
+        body = {
+            "AccessorID": str(uuid.uuid5(uuid.NAMESPACE_OID, secret)),
+            "SecretID": secret,
+            "Name": "management" if management else "client",
+            "Type": "management" if management else "client",
+            "Policies": [] if management else list(self.acl_tokens.get(secret, [])),
+            "Global": False,
+        }
+        return self._reply(body, self._index)
 
     def _h_acl_policy_read(self, req: Request) -> Response:
         self._acl_enabled()

@@ -172,7 +172,8 @@ def test_acl_policy_endpoint_is_management_only_and_keeps_job_acl(double: NomadD
     assert raw(double, "POST", "/v1/acl/policy/reconciler", json=body).status_code == 200
     assert raw(double, "GET", "/v1/acl/policy/reconciler").json()["JobACL"] == job_acl
     client = double.add_token(["reconciler"])
-    assert raw(double, "GET", "/v1/acl/policy/reconciler", token=client).status_code == 403
+    assert raw(double, "POST", "/v1/acl/policy/reconciler", token=client, json=body).status_code == 403
+    assert raw(double, "GET", "/v1/acl/policy/reconciler", token=double.add_token([])).status_code == 403
     body.pop("JobACL")
     raw(double, "POST", "/v1/acl/policy/reconciler", json=body)
     assert raw(double, "GET", "/v1/acl/policy/reconciler").json()["JobACL"] is None
@@ -275,3 +276,16 @@ def test_reregistering_an_unchanged_job_replies_its_modify_index_and_forces_an_e
     assert again["EvalID"] and len(raw(double, "GET", "/v1/job/svc/evaluations").json()) == evals_before + 1
     assert raw(double, "GET", "/v1/job/svc").json()["JobModifyIndex"] == live["JobModifyIndex"], "nothing was written"
     raw(double, "DELETE", "/v1/job/svc?purge=true")
+
+
+def test_a_token_reads_itself_and_the_policies_it_holds(double: NomadDouble) -> None:
+    """nomad/acl_endpoint.go ResolveToken (/v1/acl/token/self) and GetPolicy: management tokens, or
+    tokens that hold the policy, may read it; others get 403."""
+    double.set_policy("mine", 'namespace "default" { capabilities = ["read-job"] }')
+    double.set_policy("theirs", 'namespace "default" { capabilities = ["submit-job"] }')
+    token = double.add_token(["mine"])
+    me = raw(double, "GET", "/v1/acl/token/self", token=token).json()
+    assert me["Type"] == "client" and me["Policies"] == ["mine"] and me["SecretID"] == token
+    assert raw(double, "GET", "/v1/acl/token/self").json()["Type"] == "management"
+    assert raw(double, "GET", "/v1/acl/policy/mine", token=token).status_code == 200
+    assert raw(double, "GET", "/v1/acl/policy/theirs", token=token).status_code == 403
