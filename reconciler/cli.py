@@ -190,11 +190,12 @@ def run(ctx: click.Context, once: bool, until_idle: bool, timeout: float | None)
     try:
         from reconciler.preflight import failures, wait_until_reachable
 
+        ops = reconciler.ctx.ops
         if once:
-            problems = failures(settings)
+            problems = failures(settings, ops=ops)
             if problems:
                 raise RunFailed("; ".join(f"{c.system} {c.what} (fix: {c.fix})" for c in problems))
-        elif not wait_until_reachable(settings, stop):
+        elif not wait_until_reachable(settings, stop, check=lambda s: failures(s, ops=ops)):
             return
         if once:
             if not reconciler.leads():

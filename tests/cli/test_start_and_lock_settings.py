@@ -68,3 +68,20 @@ def test_once_with_unreachable_nomad_fails_naming_it(tmp_path: Path) -> None:
     out = cli("run", "--once", env=_env(tmp_path, NOMAD_ADDR=addr, VAULT_ADDR=f"http://127.0.0.1:{_free_port()}"))
     assert out.returncode == 1
     assert f"nomad not reachable at {addr}" in out.stderr and "another reconciler" not in out.stderr
+
+
+def test_unreachable_ops_remote_is_named_at_start(tmp_path: Path) -> None:
+    """The ops remote is checked through the reconciler's own git client before the loop starts."""
+    from reconciler.preflight import failures
+    from reconciler.clients.errors import TransientError
+
+    class Ops:
+        def ensure_ready(self) -> None:
+            raise TransientError("git clone file:///nowhere failed: repository does not exist", system="git")
+
+    from reconciler.settings import OpsRepoSettings, Settings
+
+    settings = Settings(ops=OpsRepoSettings(root=tmp_path / "ops", remote="file:///nowhere"))
+    checks = failures(settings, ops=Ops(), check_servers=False)
+    assert [c.system for c in checks] == ["git"]
+    assert "ops remote file:///nowhere not reachable" in checks[0].what and "OPS_REPO_REMOTE" in checks[0].fix
