@@ -176,7 +176,8 @@ job "reconciler" {
         memory = 512
       }
 
-      kill_timeout = "60s"
+      # Clients cap kill_timeout at their max_kill_timeout (default 30 s): asking for more is a no-op.
+      kill_timeout = "30s"
     }
   }
 }

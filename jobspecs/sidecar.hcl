@@ -85,6 +85,13 @@ job "sidecar" {
       unlimited = false
     }
 
+    # Nomad >= 1.8 (scheduler/reconciler/filters.go): an allocation on a down or disconnected
+    # node stays `unknown` instead of being replaced by a second copy. The runner's single-use
+    # claim stays the real guard (older clusters, or an operator, can defeat this block).
+    disconnect {
+      replace = false
+    }
+
     volume "factory" {
       type      = "host"
       source    = var.factory_volume

@@ -22,7 +22,7 @@ import click
 
 from reconciler import settings as settings_mod
 from reconciler.clients.errors import ReconcilerError
-from reconciler.settings import Settings, SettingsError
+from reconciler.settings import Settings, SettingsError, SettingsUsageError
 from states.machine import ACTIVE, IllegalTransition, State, Transition
 from store.runs import RunStore, StaleState, StoreError, parse_rfc3339
 
@@ -78,6 +78,8 @@ def _settings(ctx: click.Context) -> Settings:
     if "settings" not in obj:
         try:
             obj["settings"] = settings_mod.load(os.environ, obj.get("config"))
+        except SettingsUsageError as exc:
+            raise click.UsageError(str(exc)) from None
         except SettingsError as exc:
             raise RunFailed(str(exc)) from None
     return obj["settings"]
@@ -186,9 +188,18 @@ def run(ctx: click.Context, once: bool, until_idle: bool, timeout: float | None)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
+        from reconciler.preflight import failures, wait_until_reachable
+
+        ops = reconciler.ctx.ops
+        if once:
+            problems = failures(settings, ops=ops)
+            if problems:
+                raise RunFailed("; ".join(f"{c.system} {c.what} (fix: {c.fix})" for c in problems))
+        elif not wait_until_reachable(settings, stop, check=lambda s: failures(s, ops=ops)):
+            return
         if once:
             if not reconciler.leads():
-                raise RunFailed("another reconciler holds the leadership lock (Nomad variable reconciler/leader); not acting. Stop it, or wait for its lock to expire")
+                raise RunFailed(reconciler.standby_reason() + "; not acting (another instance: stop it, or wait for its lock to lapse)")
             summary = reconciler.run_pass()
             for err in summary.errors:
                 click.echo(f"warning: {err}", err=True)

@@ -154,7 +154,7 @@ def _nomad_checks(settings: Settings, http: requests.Session) -> Iterator[Check]
         fix = "set NOMAD_TOKEN (or NOMAD_TOKEN_FILE)" if not ns.token else "NOMAD_TOKEN is unknown or expired, or its ACL policy lacks list-jobs"
         yield Check(
             False, "nomad", f"at {addr} refused the token in namespace {ns.namespace} ({_body_text(reply)})",
-            f"{fix}; it needs read-job, list-jobs and dispatch-job in namespace {ns.namespace}",
+            f"{fix}; it needs the policy jobspecs/nomad-acl/reconciler.hcl (dispatch-job, read-job, list-jobs, read-logs, deregister-job) in namespace {ns.namespace}",
         )
         return
     if reply.status_code != 200:

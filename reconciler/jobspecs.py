@@ -328,13 +328,26 @@ def vault_policy_file(name: str) -> str:
 # -- Nomad ACL policies ----------------------------------------------------------------------------
 
 
-def nomad_reconciler_policy_text(namespace: str = "runners") -> str:
-    """The reconciler's Nomad ACL policy: dispatch, read and list its jobs, read logs, its own Variables."""
+def nomad_reconciler_policy_text(namespace: str = "runners", *, nomad1: bool = False) -> str:
+    """The reconciler's Nomad ACL policy: exactly the calls of :data:`reconciler.nomad_acl.CALLS`.
+
+    ``nomad1``: the variant for Nomad 1.x, which knows no ``deregister-job`` and stops a job only
+    for ``submit-job`` (``nomad/job_endpoint.go`` ``Deregister``).
+    """
+    stop = "submit-job" if nomad1 else "deregister-job"
+    why = (
+        "Nomad 1.x variant: stopping a job takes submit-job there (which also lets this token\n"
+        "# register jobs); on Nomad >= 2.0 use reconciler.hcl (deregister-job) instead."
+        if nomad1
+        else "Stopping children (timeouts, lost copies, cancels) takes deregister-job (Nomad >= 2.0;\n"
+        "# for 1.x see reconciler-nomad1.hcl). dispatch-job implies no stop."
+    )
     return f"""\
 # The reconciler's Nomad token (or its job's workload identity): nothing outside namespace
-# "{namespace}", and there only what dispatching and watching runs takes.
+# "{namespace}", and there only what dispatching, watching and stopping runs takes.
+# {why}
 namespace "{namespace}" {{
-  capabilities = ["dispatch-job", "read-job", "list-jobs", "read-logs"]
+  capabilities = ["dispatch-job", "read-job", "list-jobs", "read-logs", "{stop}"]
 
   variables {{
     path "reconciler/*" {{
@@ -345,8 +358,16 @@ namespace "{namespace}" {{
 """
 
 
+HOST_VOLUMES: dict[str, str] = {"reconciler-state": "mount-readwrite", "factory": "mount-readonly", "projects": "mount-readonly"}
+"""Host volume sources the jobspecs mount (their defaults) and what registering them needs."""
+
+
 def nomad_operator_policy_text(namespace: str = "runners") -> str:
-    """The operator's separate token for ``reconciler jobspecs apply``: register jobs, record them."""
+    """The operator's separate token for ``reconciler jobspecs apply``: register jobs (with their host
+    volumes, ``nomad/job_endpoint.go`` ``doRegister``), record them."""
+    volumes = "".join(
+        f'\nhost_volume "{name}" {{\n  capabilities = ["{cap}"]\n}}\n' for name, cap in HOST_VOLUMES.items()
+    )
     return f"""\
 # The separate token that registers the project's jobspecs (`reconciler jobspecs apply`).
 # The reconciler's own token cannot submit jobs; this one cannot dispatch them.
@@ -360,7 +381,10 @@ namespace "{namespace}" {{
     }}
   }}
 }}
-"""
+
+# Registering a job that mounts a host volume needs a rule for its source: the reconciler
+# writes its store on reconciler-state; factory and projects are mounted read-only.
+{volumes.lstrip()}"""
 
 
 def nomad_acl_policies(settings: Settings) -> dict[str, str]:
@@ -391,6 +415,7 @@ def render(settings: Settings) -> dict[str, str]:
     files[f"vault/{role}-role.json"] = json.dumps(runner_role_fields(settings), indent=2) + "\n"
     for name, text in nomad_acl_policies(settings).items():
         files[f"nomad-acl/{name}.hcl"] = text
+    files[f"nomad-acl/{NOMAD_RECONCILER_POLICY}-nomad1.hcl"] = nomad_reconciler_policy_text(settings.nomad.namespace, nomad1=True)
     return files
 
 
@@ -581,13 +606,33 @@ class NomadACLHTTP(_HTTP):
         super().__init__(addr, {"X-Nomad-Token": token or ""}, timeout)
 
     def read_policy(self, name: str) -> str | None:
+        policy = self.read_policy_full(name)
+        return None if policy is None else str(policy.get("Rules") or "")
+
+    def read_policy_full(self, name: str) -> dict[str, Any] | None:
+        """The whole policy (``Rules``, ``Description``, ``JobACL``), or None."""
         try:
-            return str(self.request("GET", f"/v1/acl/policy/{name}", f"read ACL policy {name}").json().get("Rules") or "")
+            return dict(self.request("GET", f"/v1/acl/policy/{name}", f"read ACL policy {name}").json() or {})
         except NotFoundError:
             return None
 
-    def write_policy(self, name: str, rules: str, description: str) -> None:
-        body = {"Name": name, "Description": description, "Rules": rules}
+    def token_self(self) -> dict[str, Any] | None:
+        """The caller's token (``Type``, ``Policies``); None when ACLs are off or the endpoint is missing."""
+        try:
+            return dict(self.request("GET", "/v1/acl/token/self", "read its own ACL token").json() or {})
+        except NotFoundError:
+            return None
+        except PermanentError as exc:
+            if "ACL support disabled" in str(exc):
+                return None
+            raise
+
+    def write_policy(self, name: str, rules: str, description: str, job_acl: Mapping[str, Any] | None = None) -> None:
+        """Write the policy. Nomad replaces the whole policy: ``job_acl`` (the binding to a job's
+        workload identity, ``nomad acl policy apply -job``) must be sent back or it is dropped."""
+        body: dict[str, Any] = {"Name": name, "Description": description, "Rules": rules}
+        if job_acl:
+            body["JobACL"] = dict(job_acl)
         self.request("POST", f"/v1/acl/policy/{name}", f"write ACL policy {name}", body=body)
 
 
@@ -694,12 +739,7 @@ def _role_difference(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) 
 def _apply_acl(settings: Settings, acl: NomadACLHTTP, report: ApplyReport, emit: Callable[[str], None]) -> None:
     for name, rules in nomad_acl_policies(settings).items():
         try:
-            live = acl.read_policy(name)
-            if _same_policy(live, rules):
-                item = ApplyItem("nomad-acl-policy", name, "unchanged")
-            else:
-                acl.write_policy(name, rules, f"written by `reconciler jobspecs apply` ({name})")
-                item = ApplyItem("nomad-acl-policy", name, "created" if live is None else "updated")
+            item = _apply_acl_policy(settings, acl, name, rules)
         except NotFoundError:
             item = ApplyItem(
                 "nomad-acl-policy",
@@ -709,6 +749,11 @@ def _apply_acl(settings: Settings, acl: NomadACLHTTP, report: ApplyReport, emit:
                 f"apply jobspecs/nomad-acl/{name}.hcl with `nomad acl policy apply` and a management token",
             )
         except PermanentError as exc:
+            if "ACL support disabled" in str(exc):
+                item = ApplyItem("nomad-acl-policy", name, "skipped", "ACLs are disabled on this Nomad: no policy to write")
+                report.items.append(item)
+                emit(item.line())
+                continue
             item = ApplyItem(
                 "nomad-acl-policy",
                 name,
@@ -720,29 +765,70 @@ def _apply_acl(settings: Settings, acl: NomadACLHTTP, report: ApplyReport, emit:
         emit(item.line())
 
 
+def _apply_acl_policy(settings: Settings, acl: NomadACLHTTP, name: str, rules: str) -> ApplyItem:
+    """Write one policy unless it already says ``rules``, keeping its ``JobACL``; on a Nomad 1.x
+    server (no ``deregister-job``) the reconciler's policy falls back to its 1.x variant."""
+    live = acl.read_policy_full(name)
+    live_rules = None if live is None else str(live.get("Rules") or "")
+    variants = [rules]
+    if name == NOMAD_RECONCILER_POLICY:
+        variants.append(nomad_reconciler_policy_text(settings.nomad.namespace, nomad1=True))
+    if any(_same_policy(live_rules, v) for v in variants):
+        return ApplyItem("nomad-acl-policy", name, "unchanged")
+    job_acl = (live or {}).get("JobACL") or None
+    description = f"written by `reconciler jobspecs apply` ({name})"
+    note = "JobACL kept" if job_acl else ""
+    try:
+        acl.write_policy(name, rules, description, job_acl)
+    except PermanentError as exc:
+        if len(variants) < 2 or "deregister-job" not in str(exc):
+            raise
+        acl.write_policy(name, variants[1], description, job_acl)  # Nomad 1.x: stopping takes submit-job
+        note = "; ".join(filter(None, [note, "Nomad 1.x: wrote the submit-job variant (reconciler-nomad1.hcl)"]))
+    return ApplyItem("nomad-acl-policy", name, "created" if live is None else "updated", note)
+
+
+def register_needs(settings: Settings, job: Mapping[str, Any]) -> str:
+    """What registering ``job`` takes on Nomad (``nomad/job_endpoint.go`` ``doRegister``), in words."""
+    needs = [f'submit-job in namespace "{settings.nomad.namespace}"']
+    for tg in job.get("TaskGroups") or []:
+        for vol in (tg.get("Volumes") or {}).values():
+            if (vol or {}).get("Type") == "host":
+                cap = "mount-readonly" if vol.get("ReadOnly") else "mount-readwrite"
+                needs.append(f'host_volume "{vol.get("Source")}" {{ capabilities = ["{cap}"] }}')
+    return ", ".join(needs) + f" (see jobspecs/nomad-acl/{NOMAD_OPERATOR_POLICY}.hcl)"
+
+
 def _record_path(job: str) -> str:
     return f"{RECORD_PREFIX}{job}"
 
 
 def _apply_job(
-    settings: Settings, nomad: NomadJobs, job: str, report: ApplyReport, emit: Callable[[str], None]
+    settings: Settings, nomad: NomadJobs, job: str, report: ApplyReport, emit: Callable[[str], None],
+    parsed: Mapping[str, Any] | None = None,
 ) -> None:
-    parsed = nomad.parse_hcl(jobspec_text(job), job_variables(settings, job))
+    parsed = dict(parsed) if parsed is not None else nomad.parse_hcl(jobspec_text(job), job_variables(settings, job))
     job_id = str(parsed.get("ID") or job)
     before = nomad.job(job_id)
     enforce = int(before["JobModifyIndex"]) if before is not None else 0
-    reply = nomad.register(parsed, enforce_index=enforce)
-    index = int(reply.get("JobModifyIndex") or 0)
+    try:
+        nomad.register(parsed, enforce_index=enforce)
+    except PermanentError as exc:
+        if "Permission denied" not in str(exc) and "403" not in str(exc):
+            raise
+        raise PermanentError(f"{exc}; registering {job_id} needs {register_needs(settings, parsed)}", system="nomad") from exc
+    live = nomad.job(job_id)
+    if live is None:
+        raise TransientError(f"Nomad accepted job {job_id} but it cannot be read back; run apply again", system="nomad")
+    # The register reply's JobModifyIndex is the job's ModifyIndex, which moves with a service job's
+    # status: only the live JobModifyIndex before and after says whether the job changed.
+    index = int(live.get("JobModifyIndex") or 0)
     if before is None:
         status = "created"
     elif index == enforce:
         status = "unchanged"
     else:
         status = "updated"
-    live = nomad.job(job_id)
-    if live is None:
-        raise TransientError(f"Nomad accepted job {job_id} but it cannot be read back; run apply again", system="nomad")
-    index = int(live.get("JobModifyIndex") or index)
     item = ApplyItem("job", job_id, status, f"JobModifyIndex {index}")
     report.items.append(item)
     emit(item.line())
@@ -791,8 +877,20 @@ def apply(
             "warning: NOMAD_NAMESPACE is 'default'; runner jobs should live in their own namespace "
             "(e.g. runners) that only the reconciler may dispatch into"
         )
-    for job in list(jobs) if jobs is not None else list(JOB_FILES):
-        _apply_job(settings, nomad_client, job, report, emit)
+    nomad_settings = getattr(nomad_client, "settings", None) or settings.nomad
+    selected = list(jobs) if jobs is not None else list(JOB_FILES)
+    parsed = {job: nomad_client.parse_hcl(jobspec_text(job), job_variables(settings, job)) for job in selected}
+    own = NomadACLHTTP(nomad_settings.addr, nomad_settings.token, timeout=nomad_settings.timeout)
+    missing = missing_permissions(settings, own, parsed) if parsed else []
+    if missing:
+        raise PermanentError(
+            "the Nomad token of `jobspecs apply` lacks, so nothing was written: " + "; ".join(missing)
+            + f" (see jobspecs/nomad-acl/{NOMAD_OPERATOR_POLICY}.hcl)",
+            system="nomad",
+        )
+    # Order: what the jobs rely on first (Vault policies and role, Nomad ACL policies), then the
+    # jobs, those without host volumes first. A missing permission on a job (host_volume rules)
+    # then stops apply with the policies already in place and names exactly what is missing.
     if vault_client_or_http is not None:
         _apply_vault(settings, vault_client_or_http, report, emit)
     else:
@@ -801,10 +899,42 @@ def apply(
         emit(item.line())
     acl = nomad_acl
     if acl is None:
-        nomad_settings = getattr(nomad_client, "settings", None) or settings.nomad
         acl = NomadACLHTTP(nomad_settings.addr, nomad_settings.token, timeout=nomad_settings.timeout)
     _apply_acl(settings, acl, report, emit)
+    for job in selected:
+        _apply_job(settings, nomad_client, job, report, emit, parsed[job])
     return report
+
+
+def missing_permissions(settings: Settings, own: NomadACLHTTP, parsed: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What the token behind ``own`` lacks to register ``parsed`` (job -> parsed job), exactly; [] when
+    it lacks nothing, is a management token, or ACLs are off. Reads the token and its policies only."""
+    from reconciler import nomad_acl
+    from reconciler.nomad_policy import Grants
+
+    token = own.token_self()
+    if token is None or token.get("Type") == "management":
+        return []
+    rules = [own.read_policy(str(name)) or "" for name in token.get("Policies") or []]
+    try:
+        grants = Grants.of(rules)
+    except ValueError:
+        return []  # a policy we cannot read (JSON rules): the server decides, and 403s name the job
+    ns = settings.nomad.namespace
+    missing: list[str] = []
+    for call in nomad_acl.calls_of("operator"):
+        if call.scope == "namespace" and not grants.allow_ns(ns, *call.any_of):
+            missing.append(f'namespace "{ns}" capability {" or ".join(call.any_of)} ({call.http})')
+    for job_id, job in parsed.items():
+        for tg in job.get("TaskGroups") or []:
+            for vol in (tg.get("Volumes") or {}).values():
+                if (vol or {}).get("Type") != "host":
+                    continue
+                caps = ("mount-readonly", "mount-readwrite") if vol.get("ReadOnly") else ("mount-readwrite",)
+                line = f'host_volume "{vol.get("Source")}" {{ capabilities = ["{caps[0]}"] }} (job {job_id})'
+                if not grants.allow_host_volume(str(vol.get("Source")), *caps) and line not in missing:
+                    missing.append(line)
+    return missing
 
 
 # -- drift guard -------------------------------------------------------------------------------------

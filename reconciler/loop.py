@@ -24,7 +24,7 @@ from typing import Any, Callable
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
-from reconciler.leader import Leadership, record_to_store
+from reconciler.leader import Leadership, StoreOwner, record_to_store
 from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
 from states.machine import ACTIVE, AWAITING_REPORT, State
@@ -57,6 +57,8 @@ class Reconciler:
                 lock_delay=ctx.settings.loop.lock_delay,
                 record=record_to_store(ctx.store),
                 clock=ctx.clock,
+                lease=ctx.store,
+                owner=_store_owner(ctx.store),
             )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         # Watching and collecting never queue behind a burst of new dispatches.
@@ -98,6 +100,19 @@ class Reconciler:
         """True when this instance may act (it holds the leadership lock, or runs without one)."""
         return self.leadership is None or self.leadership.try_acquire()
 
+    def standby_reason(self) -> str:
+        """Why this instance does not act: Nomad unreachable (address, error), or who holds the lock."""
+        lead = self.leadership
+        if lead is None:
+            return "not standing by"
+        if lead.unreachable:
+            return (
+                f"cannot reach Nomad at NOMAD_ADDR={self.ctx.settings.nomad.addr} to take the leadership lock "
+                f"({lead.path}): {lead.unreachable}; check NOMAD_ADDR, NOMAD_TOKEN and that Nomad is up"
+            )
+        who = f"another reconciler ({lead.holder})" if lead.holder else "another reconciler"
+        return f"standby: {who} holds the leadership lock (Nomad variable {lead.path})"
+
     def _sidecar_scan_due(self) -> bool:
         """Scan the tracker at most once per interval (cheap ``since`` queries, but not every sub-second pass)."""
         now = time.monotonic()
@@ -117,7 +132,7 @@ class Reconciler:
         started = time.monotonic()
         summary = PassSummary()
         if not self.leads():
-            summary.errors.append("standby: another reconciler holds the leadership lock")
+            summary.errors.append(self.standby_reason())
             ctx.observe("set_leader", False)
             ctx.observe("alive")
             return summary
@@ -432,9 +447,15 @@ class Reconciler:
                 self._watch_live = False
 
     def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
+        last_standby = ""
         while not stop.is_set():
             if not self.leads():
-                log.info("standby: another reconciler leads; waiting")
+                why = self.standby_reason()
+                if self.leadership is not None and self.leadership.unreachable:
+                    log.error("%s; retrying", why)
+                elif why != last_standby:
+                    log.info("%s; waiting", why)
+                last_standby = why
                 self._wake.wait(min(interval, self.ctx.settings.loop.lock_ttl / 3))
                 self._wake.clear()
                 if deadline is not None and time.monotonic() >= deadline:
@@ -480,6 +501,14 @@ class Reconciler:
         if earliest:
             soonest = min(soonest, max(0.05, parse_rfc3339(earliest) - self.ctx.now()))
         return max(0.1, min(soonest, 0.5))
+
+
+def _store_owner(store: Any) -> StoreOwner | None:
+    """The owner lock beside an on-disk store (None for an in-memory one: nothing survives a restart)."""
+    path = getattr(store, "path", None)
+    if path is None or str(path) == ":memory:":
+        return None
+    return StoreOwner(f"{path}.owner")
 
 
 #: Active states other than pending: every such run is listed each pass (pending ones only as admitted).

@@ -41,8 +41,11 @@ def report_ready(
     reported: list[str] = []
     files: dict[str, bytes] = {}
     owners: dict[str, RunRecord] = {}
+    held: set[str] = set()
     for run in runs:
-        _settle_effects(ctx, run)
+        if not _settle_due(ctx, run) or not _settle(ctx, run):
+            held.add(run.id)  # its own error is recorded on it; the others' results still go out
+            continue
         if not run.result_path:
             _report(ctx, run, None, "reported without a result file (journal only)")
             reported.append(run.id)
@@ -86,6 +89,8 @@ def report_ready(
             reported.append(run.id)
         # Runs superseded by a newer run for the same result path are reported without their own file.
         for run in runs:
+            if run.id in held:
+                continue
             if run.result_path and owners.get(run.result_path) is not run and run.id not in reported:
                 if _report(ctx, run, None, "superseded by a newer run of the same action; no result file of its own", mark=False):
                     done.append(run)
@@ -111,6 +116,39 @@ def _mark_done(ctx: Context, run: RunRecord) -> None:
         claims.mark_done(ctx, run)
     except (TransientError, PermanentError) as exc:
         run_log(run).warning("could not mark the durable claim done (a retry will still work): %s", exc)
+
+
+SETTLE_WAITING = "side effect failing, retried before its result is pushed"
+SETTLE_RETRY_SECONDS = 60.0
+
+
+def _settle_due(ctx: Context, run: RunRecord) -> bool:
+    """False while a run whose side effect failed waits for its next try."""
+    if not (run.waiting or "").startswith(SETTLE_WAITING) or not run.next_try_at:
+        return True
+    try:
+        return parse_rfc3339(run.next_try_at) <= ctx.now()
+    except ValueError:
+        return True
+
+
+def _settle(ctx: Context, run: RunRecord) -> bool:
+    """Settle one run's side effects; on failure record why on that run (visible in ``status``) and
+    schedule a retry, so one run's 403 or outage never holds back another run's result."""
+    try:
+        _settle_effects(ctx, run)
+    except Exception as exc:  # any failure here belongs to this run alone
+        why = f"{SETTLE_WAITING}: {type(exc).__name__}: {exc}"
+        run_log(run).warning("%s", why)
+        try:
+            ctx.store.update(
+                run.id,
+                {"waiting": why, "failures": run.failures + 1, "next_try_at": ctx.stamp(ctx.now() + SETTLE_RETRY_SECONDS)},
+            )
+        except Exception:
+            run_log(run).exception("could not record the failed side effect")
+        return False
+    return True
 
 
 def _settle_effects(ctx: Context, run: RunRecord) -> None:

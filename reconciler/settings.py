@@ -21,6 +21,10 @@ DEFAULT_SECRETS = ("CLAWHUB_TOKEN", "GITHUB_TOKEN", "CODEBERG_TOKEN", "DEPLOY_KE
 DEFAULT_MOUNTS = ("ssh", "gpg", "sops")
 
 
+class SettingsUsageError(ValueError):
+    """A setting outside what the servers accept: a usage error (exit 2)."""
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it and the fix."""
 
@@ -123,6 +127,7 @@ class LoopSettings:
     leader_lock: bool = True
     """Take the cluster-wide leadership lock (Nomad variable ``reconciler/leader``) before acting."""
     lock_ttl: float = 15.0
+    """Seconds; Nomad takes 10 s to 24 h. Another instance takes over ~2 x TTL + LockDelay after the leader died."""
     lock_delay: float = 15.0
 
 
@@ -201,6 +206,16 @@ def _positive_float(v: Any) -> float:
     if n <= 0:
         raise ValueError(f"must be a positive number, got {v!r}")
     return n
+
+
+def _check_lock(loop: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+    """Nomad refuses a lock TTL outside 10 s - 24 h (``nomad/structs/variables.go``) with 400 on every acquire."""
+    ttl = loop.get("lock_ttl")
+    if ttl is not None and not (10 <= ttl <= 86400):
+        raise SettingsUsageError(
+            f"RECONCILER_LOCK_TTL={raw.get('RECONCILER_LOCK_TTL')!r} is out of bounds: Nomad takes a lock TTL "
+            "between 10 seconds and 24 hours (10 to 86400); the default is 15"
+        )
 
 
 def _list_or_csv(v: Any) -> tuple[str, ...]:
@@ -306,6 +321,7 @@ def load(environ: Mapping[str, str], config_file: Path | None = None) -> Setting
         if problems:
             raise SettingsError("; ".join(problems))
         groups[group]["tls"] = tls
+    _check_lock(groups["loop"], values)
     forge = groups["forge"]
     if "admin_token" not in forge and "token" in forge:
         forge["admin_token"] = forge["token"]
@@ -331,6 +347,7 @@ __all__ = [
     "ActionSettings",
     "LoopSettings",
     "SettingsError",
+    "SettingsUsageError",
     "load",
     "replace",
 ]

@@ -259,9 +259,10 @@ def test_vault_policies_cover_every_allowed_secret_and_mount() -> None:
 # ----------------------------------------------------------------------------- Nomad ACL policies
 
 
-def acl(text: str) -> dict[str, Any]:
+def acl(text: str, *, host_volumes: bool = False) -> dict[str, Any]:
     doc = hcl2.loads(text, serialization_options=_OPTIONS)
-    assert set(doc) == {"namespace"}, "an ACL policy here grants nothing outside a namespace"
+    allowed = {"namespace", "host_volume"} if host_volumes else {"namespace"}
+    assert set(doc) <= allowed and "namespace" in doc, "an ACL policy here grants nothing outside a namespace (and its host volumes)"
     return labelled(doc, "namespace")
 
 
@@ -274,14 +275,21 @@ def test_nomad_reconciler_policy_exactly() -> None:
     namespaces = acl(jobspecs.nomad_reconciler_policy_text(NAMESPACE))
     assert set(namespaces) == {NAMESPACE}
     ns = namespaces[NAMESPACE]
-    assert sorted(ns["capabilities"]) == sorted(["dispatch-job", "read-job", "list-jobs", "read-logs"])
+    assert sorted(ns["capabilities"]) == sorted(["dispatch-job", "read-job", "list-jobs", "read-logs", "deregister-job"])
     assert set(ns) - {"__is_block__"} == {"capabilities", "variables"}
     assert acl_variables(ns) == {"reconciler/*": ["destroy", "list", "read", "write"]}
+    nomad1 = acl(jobspecs.nomad_reconciler_policy_text(NAMESPACE, nomad1=True))[NAMESPACE]
+    assert sorted(nomad1["capabilities"]) == sorted(["dispatch-job", "read-job", "list-jobs", "read-logs", "submit-job"])
 
 
 def test_nomad_operator_policy_can_register_but_not_dispatch() -> None:
-    namespaces = acl(jobspecs.nomad_operator_policy_text(NAMESPACE))
+    text = jobspecs.nomad_operator_policy_text(NAMESPACE)
+    namespaces = acl(text, host_volumes=True)
     ns = namespaces[NAMESPACE]
+    volumes = labelled(hcl2.loads(text, serialization_options=_OPTIONS), "host_volume")
+    assert {name: body["capabilities"] for name, body in volumes.items()} == {
+        "reconciler-state": ["mount-readwrite"], "factory": ["mount-readonly"], "projects": ["mount-readonly"]
+    }
     caps = set(ns["capabilities"])
     assert caps == {"submit-job", "parse-job", "read-job", "list-jobs"}
     assert "dispatch-job" not in caps and "read-logs" not in caps
@@ -319,6 +327,7 @@ def test_render_names_every_file_and_shows_variable_values_without_secrets() -> 
         "vault/runner-mount-ssh.hcl",
         "vault/vault-runner-role.json",
         "nomad-acl/reconciler.hcl",
+        "nomad-acl/reconciler-nomad1.hcl",
         "nomad-acl/operator-register.hcl",
     ):
         assert expected in files
@@ -357,11 +366,22 @@ def vault_admin(double: VaultDouble) -> jobspecs.VaultHTTP:
     return jobspecs.VaultHTTP(double.address, double.root_token)
 
 
+def operator_token(nomad: NomadDouble) -> str:
+    """What an admin does once with a management token: the shipped operator policy, and a token of it."""
+    nomad.set_policy("operator-register", (SPECS / "nomad-acl" / "operator-register.hcl").read_text(encoding="utf-8"))
+    return nomad.add_token(["operator-register"])
+
+
 def test_apply_registers_writes_records_and_second_apply_is_unchanged(nomad: NomadDouble, vault: VaultDouble) -> None:
+    """With ACLs enforced: the operator token (shipped operator-register policy) registers every job,
+    host volumes included; the management token writes the ACL policies, keeping a JobACL."""
     settings = runners_settings(addr=nomad.address)
-    client = nomad_client(nomad)
+    client = NomadClient(NomadSettings(addr=nomad.address, token=operator_token(nomad), namespace=NAMESPACE))
+    job_acl = {"Namespace": NAMESPACE, "JobID": "reconciler", "Group": "reconciler", "Task": "reconciler"}
+    nomad.set_policy("reconciler", "namespace \"runners\" { capabilities = [\"read-job\"] }", job_acl=job_acl)
+    management = jobspecs.NomadACLHTTP(nomad.address, NOMAD_TOKEN)
     lines: list[str] = []
-    first = jobspecs.apply(settings, client, vault_admin(vault), out=lines.append)
+    first = jobspecs.apply(settings, client, vault_admin(vault), out=lines.append, nomad_acl=management)
     for job in jobspecs.JOB_FILES:
         assert first.status_of("job", job) == "created"
         assert first.status_of("record", f"reconciler/jobspecs/{job}") == "created"
@@ -375,14 +395,21 @@ def test_apply_registers_writes_records_and_second_apply_is_unchanged(nomad: Nom
     assert first.status_of("vault-policy", "reconciler-dispatcher") == "created"
     assert first.status_of("vault-role", "vault-runner") == "created"
     assert vault_admin(vault).read_policy("runner-github_token") == jobspecs.runner_policy_text("GITHUB_TOKEN")
-    assert first.status_of("nomad-acl-policy", "reconciler") == "skipped"
-    assert any("skipped" in line and "nomad acl policy apply" in line for line in lines)
+    assert first.status_of("nomad-acl-policy", "reconciler") == "updated"
+    assert first.status_of("nomad-acl-policy", "operator-register") == "unchanged"
+    assert nomad.acl_policies["reconciler"]["JobACL"] == job_acl, "apply kept the workload-identity binding"
+    assert nomad.acl_policies["reconciler"]["Rules"] == jobspecs.nomad_reconciler_policy_text(NAMESPACE)
     assert lines == first.lines()
+    kinds = [i.kind for i in first.items]
+    assert kinds.index("job") > max(i for i, k in enumerate(kinds) if k in ("vault-policy", "vault-role", "nomad-acl-policy")), (
+        "jobs come after every policy: a missing host-volume rule cannot leave Vault half-configured"
+    )
 
     stream = io.StringIO()
-    second = jobspecs.apply(settings, client, vault_admin(vault), out=stream)
+    second = jobspecs.apply(settings, client, vault_admin(vault), out=stream, nomad_acl=management)
     assert not second.changed
-    assert {i.status for i in second.items} <= {"unchanged", "skipped"}
+    assert {i.status for i in second.items} == {"unchanged"}
+    assert second.status_of("job", "reconciler") == "unchanged"  # a service job: its ModifyIndex moves, not its JobModifyIndex
     assert second.status_of("job", "vault-runner") == "unchanged"
     assert second.status_of("vault-role", "vault-runner") == "unchanged"
     assert "unchanged job vault-runner" in stream.getvalue()
@@ -484,7 +511,7 @@ class _NoACL(jobspecs.NomadACLHTTP):
     def __init__(self) -> None:
         pass
 
-    def read_policy(self, name: str) -> str | None:
+    def read_policy_full(self, name: str) -> dict[str, Any] | None:
         raise jobspecs.NotFoundError("no ACL endpoint", system="nomad")
 
 
@@ -555,3 +582,80 @@ def test_apply_reaches_an_https_vault_with_vault_cacert(tmp_path) -> None:
             jobspecs.VaultHTTP(double.address, "root").read_role("vault-runner")  # no CA: the handshake fails
     finally:
         double.stop()
+def test_apply_without_host_volume_rules_names_them_and_writes_nothing(nomad: NomadDouble, vault: VaultDouble) -> None:
+    """nomad/job_endpoint.go doRegister: a job mounting host volumes needs a host_volume rule per source.
+    The first edition's operator policy had none and apply stopped half way; now it reads its own token
+    (/v1/acl/token/self) and policies first, and says exactly what is missing before any write."""
+    old = (SPECS / "nomad-acl" / "operator-register.hcl").read_text(encoding="utf-8").split("# Registering a job that mounts")[0]
+    nomad.set_policy("operator-old", old)
+    client = NomadClient(NomadSettings(addr=nomad.address, token=nomad.add_token(["operator-old"]), namespace=NAMESPACE))
+    with pytest.raises(PermanentError) as refused:
+        jobspecs.apply(runners_settings(addr=nomad.address), client, vault_admin(vault),
+                       nomad_acl=jobspecs.NomadACLHTTP(nomad.address, NOMAD_TOKEN))
+    message = str(refused.value)
+    assert "nothing was written" in message
+    assert 'host_volume "factory" { capabilities = ["mount-readonly"] } (job sidecar)' in message
+    assert 'host_volume "projects" { capabilities = ["mount-readonly"] } (job sidecar)' in message
+    assert 'host_volume "reconciler-state" { capabilities = ["mount-readwrite"] } (job reconciler)' in message
+    assert "submit-job" not in message, "it has submit-job"
+    assert vault_admin(vault).read_role("vault-runner") is None and nomad.job("vault-runner", namespace=NAMESPACE) is None
+    assert "reconciler" not in nomad.acl_policies
+
+
+def test_a_job_refused_anyway_names_what_registering_it_needs(nomad: NomadDouble) -> None:
+    """When the pre-check cannot see a lack (e.g. a policy changed meanwhile), the 403 says what the job needs."""
+    class Blind(jobspecs.NomadACLHTTP):
+        def token_self(self):  # as with ACLs off: the server decides
+            return None
+
+    nomad.set_policy("submit-only", 'namespace "runners" { capabilities = ["submit-job", "parse-job", "read-job", "list-jobs"] }')
+    client = NomadClient(NomadSettings(addr=nomad.address, token=nomad.add_token(["submit-only"]), namespace=NAMESPACE))
+    original = jobspecs.NomadACLHTTP
+    jobspecs.NomadACLHTTP = Blind  # type: ignore[misc]
+    try:
+        with pytest.raises(PermanentError, match=r'registering sidecar needs submit-job in namespace "runners", host_volume "factory"'):
+            jobspecs.apply(runners_settings(addr=nomad.address), client, None, jobs=["sidecar"], nomad_acl=original(nomad.address, NOMAD_TOKEN))
+    finally:
+        jobspecs.NomadACLHTTP = original  # type: ignore[misc]
+
+
+class _Nomad1ACL(jobspecs.NomadACLHTTP):
+    """A Nomad 1.x ACL endpoint: refuses the capability it does not know (acl/policy.go v1.9.7)."""
+
+    def __init__(self) -> None:
+        self.written: dict[str, str] = {}
+
+    def read_policy_full(self, name: str) -> dict[str, Any] | None:
+        return None
+
+    def write_policy(self, name: str, rules: str, description: str, job_acl: Any = None) -> None:
+        if '"deregister-job"' in rules:  # in a capabilities list, not a comment
+            raise PermanentError(
+                "nomad refused write ACL policy reconciler: HTTP 400: policy 0 invalid: Invalid namespace capability 'deregister-job'",
+                system="nomad",
+            )
+        self.written[name] = rules
+
+
+def test_apply_on_nomad_1x_writes_the_submit_job_variant() -> None:
+    acl = _Nomad1ACL()
+    report = jobspecs.ApplyReport()
+    jobspecs._apply_acl(runners_settings(), acl, report, lambda line: None)
+    assert acl.written["reconciler"] == jobspecs.nomad_reconciler_policy_text(NAMESPACE, nomad1=True)
+    item = [i for i in report.items if i.name == "reconciler"][0]
+    assert item.status == "created" and "Nomad 1.x" in item.detail
+
+
+def test_kill_timeouts_within_the_client_cap_and_lost_nodes_not_replaced() -> None:
+    """Clients cap kill_timeout at max_kill_timeout (default 30 s); on Nomad >= 1.8 disconnect
+    { replace = false } keeps an allocation on a lost node unknown instead of starting a second copy
+    (scheduler/reconciler/filters.go)."""
+    from reconciler.doubles.nomad_hcl import parse_duration, parse_jobspec
+
+    for job in jobspecs.JOB_FILES:
+        parsed = parse_jobspec(jobspecs.jobspec_text(job), variables={})
+        for tg in parsed["TaskGroups"]:
+            for task in tg["Tasks"]:
+                assert parse_duration(task.get("KillTimeout") or 0) <= 30 * 10**9, (job, task["Name"])
+            if job in ("vault-runner", "sidecar"):
+                assert tg.get("Disconnect", {}).get("Replace") is False, job

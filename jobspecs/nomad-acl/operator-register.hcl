@@ -10,3 +10,17 @@ namespace "runners" {
     }
   }
 }
+
+# Registering a job that mounts a host volume needs a rule for its source: the reconciler
+# writes its store on reconciler-state; factory and projects are mounted read-only.
+host_volume "reconciler-state" {
+  capabilities = ["mount-readwrite"]
+}
+
+host_volume "factory" {
+  capabilities = ["mount-readonly"]
+}
+
+host_volume "projects" {
+  capabilities = ["mount-readonly"]
+}

@@ -528,13 +528,19 @@ class NomadClient:
             current,
         ) from exc
 
-    def lock_acquire(self, path: str, ttl: float, lock_delay: float) -> str | None:
-        """Take the lock on variable ``path``; its ID, or None when someone else holds it (or LockDelay runs)."""
-        body = {
+    def lock_acquire(self, path: str, ttl: float, lock_delay: float, *, holder: str | None = None) -> str | None:
+        """Take the lock on variable ``path``; its ID, or None when someone else holds it (or LockDelay runs).
+
+        Acquiring overwrites the variable's Items (``nomad/locks.go``): ``holder`` is written as item
+        ``holder`` so a standby can say who leads (Nomad shows the lock ID to nobody but its holder).
+        """
+        body: dict[str, Any] = {
             "Namespace": self.settings.namespace,
             "Path": path,
             "Lock": {"TTL": _seconds(ttl), "LockDelay": _seconds(lock_delay)},
         }
+        if holder:
+            body["Items"] = {"holder": holder}
         try:
             resp = self._raw(
                 f"lock variable {path}",
@@ -578,6 +584,8 @@ class NomadClient:
         except (TransientError, NotFoundError) as exc:
             if self._status(exc) in (404, 409):
                 return False
+            if self._status(exc) == 500 and "doesn't hold a lock" in str(exc):
+                return False  # nomad/state/state_store_variables.go VarLockRelease: nobody holds it
             raise
         return True
 

@@ -102,12 +102,20 @@ class LocalCluster:
     ``file``: through ``file://`` on ``bare`` (``OPS_REPO_REMOTE``)."""
     tls: bool = False
     """Serve Vault and Nomad over HTTPS with a private CA made for this cluster (``tls_material``)."""
+    acl: bool = True
+    """Nomad with ACLs enforced: a management token, the shipped policies (``jobspecs/nomad-acl/``),
+    and the reconciler's token carrying only ``reconciler.hcl`` (False: ACLs off, as a dev agent)."""
     vault: VaultDouble = field(init=False)
     forge: ForgeDouble = field(init=False)
     nomad: NomadDouble = field(init=False)
     dispatcher_token: str = field(init=False, default="")
     forge_token: str = field(init=False, default="")
     admin_token: str = field(init=False, default="")
+    nomad_management_token: str | None = field(init=False, default=None)
+    nomad_token: str | None = field(init=False, default=None)
+    """The reconciler's Nomad token (the shipped ``reconciler`` policy); None with ACLs off."""
+    nomad_operator_token: str | None = field(init=False, default=None)
+    """A token of the shipped ``operator-register`` policy (``jobspecs apply``)."""
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> "LocalCluster":
@@ -133,11 +141,17 @@ class LocalCluster:
         fixtures = fixtures_dir()
         policy = (fixtures / "ops-repo" / "vault" / "policy.toml").read_bytes()
         self.merge_files({"vault/policy.toml": policy, "README.md": b"# ops repo (demo)\n"}, title="tiers")
-        self.nomad = NomadDouble(mode=self.nomad_mode, capacity=self.capacity, gc_after=self.gc_after,
+        self.nomad_management_token = "nomad-management-token" if self.acl else None
+        self.nomad = NomadDouble(token=self.nomad_management_token, mode=self.nomad_mode, capacity=self.capacity, gc_after=self.gc_after,
                                  workdir=self.workdir / "nomad", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         if self.tls_material is not None:
             self.nomad.serve_tls(str(self.tls_material.server_cert), str(self.tls_material.server_key))
         self.nomad.start()
+        if self.acl:
+            for name in ("reconciler", "operator-register"):
+                self.nomad.set_policy(name, jobspec_path(f"nomad-acl/{name}.hcl").read_text(encoding="utf-8"))
+            self.nomad_token = self.nomad.add_token(["reconciler"])
+            self.nomad_operator_token = self.nomad.add_token(["operator-register"])
         self.nomad.register_jobspec(
             jobspec_path(),
             variables={
@@ -206,7 +220,7 @@ class LocalCluster:
         loop_defaults.update(loop)
         tls = TLSConfig(cacert=str(self.tls_material.ca_cert)) if self.tls_material else TLSConfig()
         return Settings(
-            nomad=NomadSettings(addr=self.nomad.address, namespace=NAMESPACE, tls=tls),
+            nomad=NomadSettings(addr=self.nomad.address, namespace=NAMESPACE, token=self.nomad_token, tls=tls),
             vault=VaultSettings(addr=self.vault.address, token=self.dispatcher_token, tls=tls),
             forge=ForgeSettings(
                 url=self.forge.address, token=self.forge_token, admin_token=self.admin_token,
@@ -234,6 +248,7 @@ class LocalCluster:
         env = {
             "NOMAD_ADDR": s.nomad.addr,
             "NOMAD_NAMESPACE": s.nomad.namespace,
+            "NOMAD_TOKEN": s.nomad.token or "",
             "VAULT_ADDR": s.vault.addr,
             "VAULT_TOKEN": s.vault.token or "",
             "FORGE_URL": s.forge.url or "",

@@ -34,6 +34,7 @@ import binascii
 import collections
 import copy
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -42,11 +43,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 from urllib.parse import unquote
 
 from reconciler.doubles.http import DoubleServer, Request, Response, StreamingResponse
 from reconciler.doubles.nomad_filter import FilterError, compile_filter
+from reconciler.doubles.nomad_acl import ACL, Policy, PolicyError, host_volume_needs, namespace_need, parse_policy, variable_need
 from reconciler.doubles.nomad_exec import (
     AllocPaths,
     DriverFailureTask,
@@ -76,7 +78,8 @@ DISPATCH_PAYLOAD_LIMIT = 16 * 1024
 ZERO_TIME = "0001-01-01T00:00:00Z"
 """How Nomad's JSON shows an unset ``time.Time`` (``StartedAt`` before the task started)."""
 
-MAX_WAIT = 600.0
+MAX_WAIT = 300.0
+"""``nomad/structs/structs.go`` ``MaxBlockingRPCQueryTime``: a longer ``wait`` is cut to 300 s."""
 DEFAULT_WAIT = 300.0
 
 JobKey = tuple[str, str]
@@ -248,7 +251,9 @@ class _Var:
 class _Variables:
     """Nomad Variables: durable, CAS-checked, lockable. All calls run under the double's lock."""
 
-    def __init__(self, next_index: Callable[[], int]) -> None:
+    def __init__(self, next_index: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        """Seconds, monotonic: lock TTLs and LockDelay run on it (tests may replace it to jump ahead)."""
         self._vars: dict[tuple[str, str], _Var] = {}
         self._next_index = next_index
         self.index = 1
@@ -258,9 +263,10 @@ class _Variables:
         return self.index
 
     def _expire(self, var: _Var) -> None:
-        """Drop a lock whose holder stopped renewing; nobody may take it until LockDelay has passed."""
+        """Drop a lock whose holder stopped renewing for 2 x TTL; nobody may take it until LockDelay
+        has passed after that (``nomad/locks.go`` ``CreateVariableLockTTLTimer``)."""
         lock = var.data.get("Lock")
-        if lock and var.lock_expires is not None and time.monotonic() >= var.lock_expires:
+        if lock and var.lock_expires is not None and self.clock() >= var.lock_expires:
             var.lock_delay_until = var.lock_expires + parse_seconds(lock.get("LockDelay"))
             var.lock_expires = None
             var.data["Lock"] = None
@@ -297,6 +303,16 @@ class _Variables:
                 out.append(self.public(var, items=False))
         return out
 
+    @staticmethod
+    def _zero(ns: str, path: str) -> Response:
+        """The zero-valued variable Nomad answers a refused lock operation with
+        (``nomad/state/state_store_variables.go``: "Avoid showing the variable data")."""
+        body = {
+            "Namespace": ns, "Path": path, "CreateIndex": 0, "CreateTime": 0, "ModifyIndex": 0, "ModifyTime": 0,
+            "Lock": {"TTL": "", "LockDelay": "", "ID": ""}, "Items": None,
+        }
+        return Response.json(body, 409, {"X-Nomad-Index": "0"})
+
     def _conflict(self, ns: str, path: str, var: _Var | None) -> Response:
         body = (
             self.public(var, lock="redacted")
@@ -328,7 +344,7 @@ class _Variables:
         lock = var.data.get("Lock") if var else None
         given_lock = _field(body, "Lock") or {}
         if lock and given_lock.get("ID") != lock.get("ID"):
-            raise _Fail(409, "attempting to modify locked variable")
+            return self._zero(ns, path)
         if cas is not None:
             current = var.data["ModifyIndex"] if var else 0
             if cas != current:
@@ -340,7 +356,7 @@ class _Variables:
     def delete(self, ns: str, path: str, cas: int | None) -> Response:
         var = self.get(ns, path)
         if var and var.data.get("Lock"):
-            raise _Fail(409, "attempting to modify locked variable")
+            return self._zero(ns, path)
         if cas is not None:
             current = var.data["ModifyIndex"] if var else 0
             if cas != current:
@@ -351,20 +367,26 @@ class _Variables:
         return Response(204, b"", {"X-Nomad-Index": str(idx)})
 
     def lock_acquire(self, ns: str, path: str, body: Mapping[str, Any]) -> Response:
-        var = self.get(ns, path)
-        if var is not None and (var.data.get("Lock") or time.monotonic() < var.lock_delay_until):
-            return self._conflict(ns, path, var)
+        # nomad/structs/variables.go: Canonicalize (zero TTL or LockDelay -> 15 s), then Validate.
         spec = _field(body, "Lock") or {}
-        ttl = spec.get("TTL") or "15s"
-        delay = spec.get("LockDelay") or "15s"
-        if parse_seconds(ttl) <= 0 or parse_seconds(delay) < 0:
-            raise _Fail(400, f"invalid lock TTL {ttl!r} or LockDelay {delay!r}")
-        items = _field(body, "Items")
+        ttl = spec.get("TTL") or DEFAULT_LOCK
+        delay = spec.get("LockDelay") or DEFAULT_LOCK
+        problems = []
+        if parse_seconds(ttl) < 0 or parse_seconds(delay) < 0:
+            problems.append("Lock delay and TTL must be positive")
+        if not MIN_LOCK_TTL <= parse_seconds(ttl) <= MAX_LOCK_TTL:
+            problems.append("TTL must be between 10 seconds and 24 hours")
+        if problems:
+            raise _Fail(400, _multierror(problems))
+        items = _field(body, "Items") or {}
         if items:
             _check_items(items)
-        var = self._write(ns, path, var, items or None)
+        var = self.get(ns, path)
+        if var is not None and (var.data.get("Lock") or self.clock() < var.lock_delay_until):
+            return self._zero(ns, path)
+        var = self._write(ns, path, var, dict(items))  # acquiring overwrites Items (nomad/state/state_store_variables.go)
         var.data["Lock"] = {"TTL": ttl, "LockDelay": delay, "ID": _new_id()}
-        var.lock_expires = time.monotonic() + parse_seconds(ttl)
+        var.lock_expires = self.clock() + 2 * parse_seconds(ttl)
         var.lock_delay_until = 0.0
         return Response.json(self.public(var, lock="full"), 200, {"X-Nomad-Index": str(var.data["ModifyIndex"])})
 
@@ -374,9 +396,11 @@ class _Variables:
             raise _Fail(404, "variable doesn't exist")
         lock = var.data.get("Lock")
         given = (_field(body, "Lock") or {}).get("ID")
-        if not lock or not given or given != lock.get("ID"):
+        if not lock:
             raise _Fail(409, "variable doesn't hold a lock")
-        var.lock_expires = time.monotonic() + parse_seconds(lock.get("TTL"))
+        if not given or given != lock.get("ID"):
+            raise _Fail(409, "attempting to modify locked variable")
+        var.lock_expires = self.clock() + 2 * parse_seconds(lock.get("TTL"))
         return Response.json(
             self.public(var, items=False, lock="full"), 200, {"X-Nomad-Index": str(var.data["ModifyIndex"])}
         )
@@ -388,8 +412,12 @@ class _Variables:
         given = (_field(body, "Lock") or {}).get("ID")
         if not given:
             raise _Fail(400, "release requires all lock information")
-        if var is None or not var.data.get("Lock") or var.data["Lock"].get("ID") != given:
-            return self._conflict(ns, path, var)
+        if var is None:
+            raise _Fail(404, "variable not found")
+        if not var.data.get("Lock"):
+            raise _Fail(500, "variable doesn't hold a lock")  # VarLockRelease's ErrorResponse
+        if var.data["Lock"].get("ID") != given:
+            return self._zero(ns, path)
         var.data["Lock"] = None
         var.lock_expires = None
         var = self._write(ns, path, var, None)
@@ -404,9 +432,46 @@ def parse_seconds(duration: Any) -> float:
         raise _Fail(400, f"time: invalid duration {duration!r}") from None
 
 
+DEFAULT_LOCK = "15s"
+"""``nomad/structs/variables.go`` ``defaultLockTTL`` and ``defaultLockDelay``."""
+MIN_LOCK_TTL, MAX_LOCK_TTL = 10.0, 24 * 3600.0
+"""``minVariableLockTTL``, ``maxVariableLockTTL``."""
+MAX_VARIABLE_SIZE = 65536
+"""``maxVariableSize``: the Items' keys and values together."""
+
+
+_VALID_VARIABLE_PATH = re.compile(r"^[a-zA-Z0-9-_~/]{1,128}$")
+
+
+def _variable_path_problem(path: str) -> str | None:
+    """``nomad/structs/variables.go`` ``ValidatePath``: the charset, and ``nomad/`` reserved."""
+    if not _VALID_VARIABLE_PATH.match(path):
+        return f"invalid path {json.dumps(path)}"
+    parts = path.split("/")
+    if parts[0] != "nomad":
+        return None
+    if len(parts) == 1:
+        return ('"nomad" is a reserved top-level directory path, but you may write variables to "nomad/jobs", '
+                '"nomad/job-templates", "nomad/sentinel", or below')
+    if parts[1] in ("jobs", "sentinel") or (parts[1] == "job-templates" and len(parts) == 3):
+        return None
+    if parts[1] == "job-templates":
+        return ('"nomad/job-templates" is a reserved directory path, but you may write variables at the level below it, '
+                'for example, "nomad/job-templates/template-name"')
+    return 'only paths at "nomad/jobs" or "nomad/job-templates" and below are valid paths under the top-level "nomad" directory'
+
+
+def _multierror(problems: list[str]) -> str:
+    """go-multierror's text, as Nomad returns a failed validation."""
+    n = len(problems)
+    return f"{n} error{'s' if n > 1 else ''} occurred:\n" + "".join(f"\t* {p}\n" for p in problems) + "\n"
+
+
 def _check_items(items: Any) -> None:
     if not isinstance(items, dict) or not all(isinstance(v, str) for v in items.values()):
         raise _Fail(400, "json: cannot unmarshal variable items: values must be strings")
+    if sum(len(k.encode()) + len(v.encode()) for k, v in items.items()) > MAX_VARIABLE_SIZE:
+        raise _Fail(400, "variables are limited to 64KiB in total size")
 
 
 # -- the double -------------------------------------------------------------------------------
@@ -435,6 +500,10 @@ class NomadDouble(DoubleServer):
             raise ValueError(f"mode must be 'exec' or 'simulate', not {mode!r}")
         super().__init__("nomad", host, port)
         self.token = token
+        self.acl_policies: dict[str, dict[str, Any]] = {}
+        """ACL policies by name (``Rules`` in Nomad's policy language, ``JobACL``)."""
+        self.acl_tokens: dict[str, list[str]] = {}
+        """Client token secret -> the names of its policies (``token`` itself is the management token)."""
         self.mode = mode
         self.capacity = capacity
         """At most this many allocations run at once; the rest wait behind a blocked evaluation."""
@@ -644,6 +713,12 @@ class NomadDouble(DoubleServer):
         r("POST", r"/v1/var/(?P<path>.+)", self._h_var_write)
         r("DELETE", r"/v1/var/(?P<path>.+)", self._h_var_delete)
         r("GET", r"/v1/event/stream", self._h_event_stream)
+        r("GET", r"/v1/acl/token/self", self._h_acl_token_self)
+        r("GET", r"/v1/acl/policies", self._h_acl_policies)
+        r("GET", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_read)
+        r("POST", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_write)
+        r("PUT", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_write)
+        r("DELETE", r"/v1/acl/policy/(?P<name>[^/]+)", self._h_acl_policy_delete)
 
     def _add(self, method: str, pattern: str, handler: Callable[[Request], Response]) -> None:
         def wrapped(req: Request) -> Response:
@@ -660,16 +735,144 @@ class NomadDouble(DoubleServer):
         self.add_route(method, pattern, wrapped)
 
     def _authorize(self, req: Request) -> None:
+        """Resolve the token to an ACL and check the capability the endpoint needs (``nomad_acl``).
+
+        With ``token`` None the double runs with ACLs disabled (everything allowed). ``token`` is
+        the management token; tokens made by :meth:`add_token` carry policies.
+        """
+        req.acl = None  # type: ignore[attr-defined]
         if self.token is None:
             return
+        if req.path == "/v1/status/leader":
+            return  # Status.Leader checks no ACL
         supplied = req.header("x-nomad-token")
         auth = req.header("authorization") or ""
         if not supplied and auth.lower().startswith("bearer "):
             supplied = auth[7:].strip()
         if not supplied:
-            raise _Fail(403, "Permission denied")
-        if supplied != self.token:
+            raise _Fail(403, "Permission denied")  # the anonymous token: no policy in this double
+        if supplied == self.token:
+            acl = ACL(management=True)
+        elif supplied in self.acl_tokens:
+            with self._lock:
+                acl = ACL.of(self._policy(name) for name in self.acl_tokens[supplied] if name in self.acl_policies)
+        else:
             raise _Fail(403, "ACL token not found")
+        req.acl = acl  # type: ignore[attr-defined]
+        req.token_secret = supplied  # type: ignore[attr-defined]
+        ns = req.arg("namespace") or "default"
+        if req.path.startswith("/v1/acl/"):
+            if req.path == "/v1/acl/token/self":
+                return  # any valid token reads itself
+            held = self.acl_tokens.get(supplied, [])
+            if req.method == "GET" and req.path.startswith("/v1/acl/policy/") and unquote(req.path.rsplit("/", 1)[1]) in held:
+                return  # nomad/acl_endpoint.go GetPolicy: a token may read the policies it holds
+            if not acl.management:
+                raise _Fail(403, "Permission denied")
+            return
+        if req.path.startswith("/v1/var/"):
+            path = unquote(req.path[len("/v1/var/"):])
+            if not acl.allow_variable(ns, path, variable_need(req.method, req.query)):
+                raise _Fail(403, "Permission denied")
+            return
+        need = namespace_need(req.method, req.path, req.query)
+        if need is None:
+            return
+        if req.method in ("POST", "PUT") and (req.path == "/v1/jobs" or (req.path.startswith("/v1/job/") and not req.path.endswith("/dispatch"))):
+            try:
+                body = req.json() or {}
+            except ValueError:
+                body = {}
+            job = _field(body, "Job") if isinstance(body, dict) else None
+            ns = req.arg("namespace") or (_field(body, "Namespace") if isinstance(body, dict) else None) or (job or {}).get("Namespace") or "default"
+            if not acl.allow_ns(ns, *need):
+                raise _Fail(403, "Permission denied")
+            for source, caps in host_volume_needs(job or {}):
+                if not acl.allow_host_volume(source, *caps):
+                    raise _Fail(403, "Permission denied")
+            return
+        if not acl.allow_ns(ns, *need):
+            raise _Fail(403, "Permission denied")
+
+    # -- ACL policies and tokens (``nomad/acl_endpoint.go``) -------------------------------------
+
+    def _policy(self, name: str) -> Policy:
+        return parse_policy(self.acl_policies[name]["Rules"])
+
+    def set_policy(self, name: str, rules: str, *, description: str = "", job_acl: dict[str, Any] | None = None) -> None:
+        """Store an ACL policy as ``POST /v1/acl/policy/<name>`` does (validated; raises PolicyError)."""
+        parse_policy(rules)
+        with self._lock:
+            idx = self._next_index()
+            old = self.acl_policies.get(name)
+            self.acl_policies[name] = {
+                "Name": name,
+                "Description": description,
+                "Rules": rules,
+                "JobACL": copy.deepcopy(job_acl) if job_acl else None,
+                "CreateIndex": old["CreateIndex"] if old else idx,
+                "ModifyIndex": idx,
+            }
+
+    def add_token(self, policies: Iterable[str], secret: str | None = None) -> str:
+        """A client token carrying ``policies`` (by name; a policy written later applies at once)."""
+        secret = secret or str(uuid.uuid4())
+        with self._lock:
+            self.acl_tokens[secret] = list(policies)
+        return secret
+
+    def _acl_enabled(self) -> None:
+        if self.token is None:
+            raise _Fail(400, "ACL support disabled")  # nomad/acl_endpoint.go: ACLs off
+
+    def _h_acl_token_self(self, req: Request) -> Response:
+        """``GET /v1/acl/token/self`` (nomad/acl_endpoint.go ResolveToken): the caller's token."""
+        self._acl_enabled()
+        secret = getattr(req, "token_secret", "")
+        management = secret == self.token
+        body = {
+            "AccessorID": str(uuid.uuid5(uuid.NAMESPACE_OID, secret)),
+            "SecretID": secret,
+            "Name": "management" if management else "client",
+            "Type": "management" if management else "client",
+            "Policies": [] if management else list(self.acl_tokens.get(secret, [])),
+            "Global": False,
+        }
+        return self._reply(body, self._index)
+
+    def _h_acl_policy_read(self, req: Request) -> Response:
+        self._acl_enabled()
+        name = req.params["name"]
+        with self._lock:
+            policy = self.acl_policies.get(name)
+            if policy is None:
+                raise _Fail(404, "ACL policy not found")
+            return self._reply(copy.deepcopy(policy), policy["ModifyIndex"])
+
+    def _h_acl_policy_write(self, req: Request) -> Response:
+        self._acl_enabled()
+        name = req.params["name"]
+        body = _json_body(req)
+        if _field(body, "Name") and _field(body, "Name") != name:
+            raise _Fail(400, "ACL policy name does not match request path")
+        try:
+            self.set_policy(name, str(_field(body, "Rules") or ""), description=str(_field(body, "Description") or ""), job_acl=_field(body, "JobACL"))
+        except PolicyError as exc:
+            raise _Fail(400, f"policy 0 invalid: {exc}") from None
+        return Response(200, b"", {"X-Nomad-Index": str(self.acl_policies[name]["ModifyIndex"])})
+
+    def _h_acl_policy_delete(self, req: Request) -> Response:
+        self._acl_enabled()
+        with self._lock:
+            self.acl_policies.pop(req.params["name"], None)
+            idx = self._next_index()
+        return Response(200, b"", {"X-Nomad-Index": str(idx)})
+
+    def _h_acl_policies(self, req: Request) -> Response:
+        self._acl_enabled()
+        with self._lock:
+            stubs = [{k: p[k] for k in ("Name", "Description", "CreateIndex", "ModifyIndex")} for _, p in sorted(self.acl_policies.items())]
+            return self._reply(stubs, max([p["ModifyIndex"] for p in self.acl_policies.values()] or [1]))
 
     def injected_error(self, req: Request) -> Response:
         """An injected failure looks like a leader election in progress."""
@@ -814,13 +1017,21 @@ class NomadDouble(DoubleServer):
                     ),
                 )
             if not self._spec_changed(existing, job):
-                return {
+                # nomad/job_endpoint.go Register: an unchanged spec is not written; the reply's
+                # JobModifyIndex is the job's ModifyIndex, and a service or batch job (not
+                # parameterized, not periodic) still gets a forced evaluation.
+                reply = {
                     "EvalID": "",
                     "EvalCreateIndex": 0,
-                    "JobModifyIndex": existing["JobModifyIndex"],
+                    "JobModifyIndex": existing["ModifyIndex"],
                     "Warnings": "",
                     "Index": existing["ModifyIndex"],
                 }
+                if not _is_parameterized(existing) and not existing.get("Periodic"):
+                    ev = self._new_eval(key, "job-register", [])
+                    self._update_eval(ev, Status="complete")
+                    reply.update(EvalID=ev["ID"], EvalCreateIndex=ev["CreateIndex"], Index=ev["CreateIndex"])
+                return reply
         idx = self._touch("jobs")
         for volatile in (
             "Status",
@@ -969,7 +1180,10 @@ class NomadDouble(DoubleServer):
     def _h_job_stop(self, req: Request) -> Response:
         purge = _bool_arg(req.arg("purge"))
         with self._lock:
-            key, _ = self._job_or_404(req)
+            key = (self._ns(req), req.params["id"])
+            if key not in self._jobs:
+                # nomad/job_endpoint.go Deregister: a missing job is no error (ACL checked first).
+                return Response.json({"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "Index": self._index})
             reply = self._stop_job(key, purge=purge)
         return Response.json(reply)
 
@@ -1866,6 +2080,9 @@ class NomadDouble(DoubleServer):
 
     def _h_var_write(self, req: Request) -> Response:
         ns, path = self._ns(req), self._var_path(req)
+        problem = _variable_path_problem(path)
+        if problem and not req.has_arg("lock-renew"):
+            raise _Fail(400, problem)
         body = _json_body(req)
         with self._lock:
             if req.has_arg("lock-acquire"):
@@ -1884,8 +2101,13 @@ class NomadDouble(DoubleServer):
     def _h_vars_list(self, req: Request) -> Response:
         ns, prefix = self._ns(req), req.arg("prefix") or ""
 
+        acl = getattr(req, "acl", None)
+
         def compute() -> tuple[Any, int]:
-            return self._vars.listing(ns, prefix), self._vars.index
+            listing = self._vars.listing(ns, prefix)
+            if acl is not None:  # nomad/variables_endpoint.go List: only what the token may list
+                listing = [v for v in listing if acl.allow_variable(v["Namespace"], v["Path"], "list")]
+            return listing, self._vars.index
 
         return self._blocking(req, compute)
 

@@ -307,21 +307,29 @@ def test_variables_cas_conflict_carries_the_current_variable(client: NomadClient
     assert all(c.query["namespace"] == ["runners"] for c in writes)  # python-nomad would omit it
 
 
-def test_variable_locks(client: NomadClient) -> None:
-    lock_id = client.lock_acquire("locks/reconciler", ttl=0.3, lock_delay=0.2)
+def test_variable_locks(client: NomadClient, double: NomadDouble) -> None:
+    """Nomad's lock rules (nomad/structs/variables.go, nomad/locks.go): TTL 10 s - 24 h, lost 2 x TTL
+    after the last renewal, then LockDelay; the double's lock clock jumps instead of sleeping."""
+    now = [1000.0]
+    double._vars.clock = lambda: now[0]
+    with pytest.raises(PermanentError, match="TTL must be between 10 seconds and 24 hours"):
+        client.lock_acquire("locks/reconciler", ttl=5, lock_delay=1)
+    lock_id = client.lock_acquire("locks/reconciler", ttl=10, lock_delay=5, holder="host:1")
     assert lock_id
-    assert client.lock_acquire("locks/reconciler", ttl=5, lock_delay=0) is None
+    assert client.variable("locks/reconciler")["Items"] == {"holder": "host:1"}
+    assert client.lock_acquire("locks/reconciler", ttl=10, lock_delay=1) is None
     assert client.lock_renew("locks/reconciler", lock_id) is True
-    time.sleep(0.4)
-    assert client.lock_renew("locks/reconciler", lock_id) is False  # lost after TTL
-    assert client.lock_acquire("locks/reconciler", ttl=5, lock_delay=0) is None  # LockDelay
-    time.sleep(0.25)
-    other = client.lock_acquire("locks/reconciler", ttl=5, lock_delay=0)
+    now[0] += 21
+    assert client.lock_renew("locks/reconciler", lock_id) is False  # lost after 2 x TTL
+    assert client.lock_acquire("locks/reconciler", ttl=10, lock_delay=1) is None  # LockDelay
+    now[0] += 5
+    other = client.lock_acquire("locks/reconciler", ttl=10, lock_delay=1)
     assert other and other != lock_id
-    assert client.lock_release("locks/reconciler", lock_id) is False
+    assert client.lock_release("locks/reconciler", lock_id) is False  # 409: not ours
     assert client.lock_release("locks/reconciler", other) is True
+    assert client.lock_release("locks/reconciler", other) is False  # 500: nobody holds it
     with pytest.raises(CasConflict):  # locked variables refuse plain writes
-        client.lock_acquire("locks/held", ttl=5, lock_delay=0)
+        client.lock_acquire("locks/held", ttl=10, lock_delay=1)
         client.put_variable("locks/held", {"x": "y"}, cas=None)
 
 

@@ -126,7 +126,7 @@ class Service:
             **cluster.environment(),
             "RECONCILER_DB": str(self.db),
             "OPS_REPO_ROOT": str(self.ops_root),
-            "RECONCILER_LOCK_TTL": "2",
+            "RECONCILER_LOCK_TTL": "10",  # Nomad's minimum (nomad/structs/variables.go)
             "RECONCILER_LOCK_DELAY": "1",
             "RECONCILER_INTERVAL": "0.3",
             **env,
@@ -345,10 +345,11 @@ def children_of(cluster: LocalCluster, action_id: str) -> list[dict[str, Any]]:
 def claim_variables(cluster: LocalCluster) -> dict[str, dict[str, str]]:
     """The durable claims (Nomad variables ``reconciler/runs/*``), read over HTTP: path -> items."""
     base = cluster.nomad.address
-    listing = requests.get(f"{base}/v1/vars", params={"prefix": CLAIM_PREFIX, "namespace": NAMESPACE}, timeout=10).json()
+    auth = {"X-Nomad-Token": cluster.nomad_token} if cluster.nomad_token else {}
+    listing = requests.get(f"{base}/v1/vars", params={"prefix": CLAIM_PREFIX, "namespace": NAMESPACE}, headers=auth, timeout=10).json()
     out = {}
     for stub in listing or []:
-        var = requests.get(f"{base}/v1/var/{stub['Path']}", params={"namespace": NAMESPACE}, timeout=10).json()
+        var = requests.get(f"{base}/v1/var/{stub['Path']}", params={"namespace": NAMESPACE}, headers=auth, timeout=10).json()
         out[stub["Path"]] = var.get("Items") or {}
     return out
 

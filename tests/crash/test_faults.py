@@ -1,8 +1,8 @@
 """20 % of the calls to every double fail (500, dropped connection, applied-then-dropped reply).
 
-In-process (``tests/conftest.py``'s ``Harness``) with a short leadership lock,
-so an acquire whose reply was dropped (the lock is ours, but we do not know its
-id) costs seconds, not half a minute. Vault faults hit the reconciler's calls
+In-process (``tests/conftest.py``'s ``Harness``) with Nomad's shortest lock TTL
+and the double's lock timers sped up, so an acquire whose reply was dropped (the
+lock is ours, but we do not know its id) costs seconds, not half a minute. Vault faults hit the reconciler's calls
 only: a runner whose unwrap reply is dropped has spent its claim and fails,
 which is correct but would make "success" unreachable for reasons outside the
 reconciler.
@@ -72,7 +72,12 @@ def fault_phase(cluster, formula, tmp_path_factory):
     for aid in ids:
         formula.set_duration(aid, 0.5)
     merge_actions(cluster, {aid: action_toml(aid, formula.name, secrets=["GITHUB_TOKEN"] if i % 2 else []) for i, aid in enumerate(ids)})
-    harness = Harness(cluster, tmp_path_factory.mktemp("faults"), lock_ttl=2, lock_delay=1, interval=0.3)
+    # Nomad's shortest lock TTL is 10 s, and a lock whose acquire reply was dropped lapses only
+    # 2 x TTL + LockDelay later (nomad/locks.go). The double's lock timers run 3x faster here so
+    # that costs ~7 s, not 21 s; the reconciler's own clock (renewal every TTL/3) is real time.
+    started_at = time.monotonic()
+    cluster.nomad._vars.clock = lambda: started_at + 3 * (time.monotonic() - started_at)
+    harness = Harness(cluster, tmp_path_factory.mktemp("faults"), lock_ttl=10, lock_delay=1, interval=0.3)
     _inject(cluster, seed)
     started = time.monotonic()
     try:
@@ -85,6 +90,7 @@ def fault_phase(cluster, formula, tmp_path_factory):
     print(f"fault phase: {elapsed:.1f} s, all reported: {done}, injected {dict(injected)}, still active {left}")
     yield FaultPhase(seed, ids, harness, done, elapsed, injected, left)
     harness.close()
+    cluster.nomad._vars.clock = time.monotonic
 
 
 def test_under_a_fifth_of_calls_failing_all_ten_actions_are_reported_within_30_s(fault_phase):

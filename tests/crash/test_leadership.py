@@ -2,8 +2,8 @@
 
 Each process records what it is (leader or standby) in its own store; the CLI's
 ``status --json`` shows it as ``leadership``. The standby's store stays empty
-while the leader works. When the leader is SIGKILLed, its lock lapses after the
-TTL, nobody may take it for LockDelay more, and the standby's next poll wins it;
+while the leader works. When the leader is SIGKILLed, its lock lapses 2 x TTL after its
+last renewal, nobody may take it for LockDelay more, and the standby's next poll wins it;
 having never seen the runs, it rebuilds them from the ops repo and the durable
 claims, adopting the children in flight: nothing runs twice.
 """
@@ -19,7 +19,7 @@ from .support import Service, action_toml, merge_actions, result, verify, wait_f
 
 pytestmark = pytest.mark.timeout(150)
 
-TTL, DELAY, INTERVAL = 2.0, 1.0, 0.3
+TTL, DELAY, INTERVAL = 10.0, 1.0, 0.3  # Nomad's minimum TTL (support.py's environment)
 
 
 def _status(svc: Service) -> dict:
@@ -46,7 +46,8 @@ def test_one_of_two_acts_and_the_other_takes_over_when_it_dies(cluster, formula,
         status_a, status_b = _status(a), _status(b)
         assert status_a["leadership"]["role"] == "leader"
         assert status_b["leadership"]["role"] == "standby"
-        assert "another instance holds" in status_b["leadership"]["why"]
+        assert f"another instance ({status_a['leadership']['identity']}) holds" in status_b["leadership"]["why"]
+        assert status_b["leadership"]["holder"] == status_a["leadership"]["identity"], "the standby names the leader"
         assert {r["action_id"] for r in status_a["runs"]} >= set(first)
         assert all(r["state"] == "reported" for r in status_a["runs"])
         assert status_b["runs"] == [], "the standby dispatched nothing"
@@ -63,10 +64,11 @@ def test_one_of_two_acts_and_the_other_takes_over_when_it_dies(cluster, formula,
         )
         killed_at = time.monotonic()
         a.kill()
-        wait_for(b.is_leader, TTL + DELAY + 5, "the standby to take over")
+        wait_for(b.is_leader, 2 * TTL + DELAY + 5, "the standby to take over")
         handover = time.monotonic() - killed_at
-        print(f"handover after {handover:.2f} s (TTL {TTL} + LockDelay {DELAY} + poll {INTERVAL})")
-        assert handover <= TTL + DELAY + INTERVAL + 1.0, f"handover took {handover:.2f} s"
+        print(f"handover after {handover:.2f} s (2 x TTL {TTL} + LockDelay {DELAY} + poll {INTERVAL})")
+        # nomad/locks.go: the lock lapses 2 x TTL after the last renewal, then LockDelay.
+        assert 2 * TTL - TTL / 3 <= handover <= 2 * TTL + DELAY + TTL / 3 + 1.0, f"handover took {handover:.2f} s"
 
         wait_for(lambda: all(result(cluster, aid) for aid in second), 60, "the second actions' results")
         verdict = verify(cluster, formula, first + second, [a.db, b.db])

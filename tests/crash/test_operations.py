@@ -35,13 +35,14 @@ pytestmark = pytest.mark.timeout(90)
 def _lock_is_free(cluster) -> bool:
     """Take and give back the leadership lock: possible at once only if its holder released it."""
     url = f"{cluster.nomad.address}/v1/var/{LEADER_PATH}"
-    body = {"Namespace": NAMESPACE, "Path": LEADER_PATH, "Lock": {"TTL": "2s", "LockDelay": "1s"}}
-    resp = requests.put(url, params={"lock-acquire": "", "namespace": NAMESPACE}, json=body, timeout=5)
+    auth = {"X-Nomad-Token": cluster.nomad_token} if cluster.nomad_token else {}
+    body = {"Namespace": NAMESPACE, "Path": LEADER_PATH, "Lock": {"TTL": "10s", "LockDelay": "1s"}}
+    resp = requests.put(url, params={"lock-acquire": "", "namespace": NAMESPACE}, json=body, headers=auth, timeout=5)
     if resp.status_code != 200:
         return False
     lock_id = resp.json()["Lock"]["ID"]
     body = {"Namespace": NAMESPACE, "Path": LEADER_PATH, "Lock": {"ID": lock_id}}
-    requests.put(url, params={"lock-release": "", "namespace": NAMESPACE}, json=body, timeout=5).raise_for_status()
+    requests.put(url, params={"lock-release": "", "namespace": NAMESPACE}, json=body, headers=auth, timeout=5).raise_for_status()
     return True
 
 

@@ -815,30 +815,7 @@ def test_variables_are_durable_and_listed_by_prefix(double: NomadDouble) -> None
     assert empty.status_code == 400
 
 
-def test_variable_locks_ttl_and_lock_delay(double: NomadDouble) -> None:
-    def put(op: str, body: dict[str, Any]) -> requests.Response:
-        return raw(double, "PUT", f"/v1/var/locks/leader?{op}", json={"Path": "locks/leader", **body})
-
-    acquired = put("lock-acquire", {"Lock": {"TTL": "300ms", "LockDelay": "400ms"}})
-    assert acquired.status_code == 200
-    lock_id = acquired.json()["Lock"]["ID"]
-    held = put("lock-acquire", {"Lock": {"TTL": "300ms", "LockDelay": "400ms"}})
-    assert held.status_code == 409 and held.json()["Path"] == "locks/leader"
-    assert "ID" not in (held.json().get("Lock") or {})
-    assert put("lock-renew", {"Lock": {"ID": lock_id}}).status_code == 200
-    assert put("lock-renew", {"Lock": {"ID": "not-mine"}}).status_code == 409
-
-    time.sleep(0.35)  # the holder stopped renewing: TTL passes
-    assert put("lock-renew", {"Lock": {"ID": lock_id}}).status_code == 409
-    assert put("lock-acquire", {"Lock": {"TTL": "300ms"}}).status_code == 409  # LockDelay still runs
-    time.sleep(0.45)
-    again = put("lock-acquire", {"Lock": {"TTL": "5s", "LockDelay": "0s"}})
-    assert again.status_code == 200
-    new_id = again.json()["Lock"]["ID"]
-    assert new_id != lock_id
-    assert put("lock-release", {"Lock": {"ID": lock_id}}).status_code == 409
-    assert put("lock-release", {"Lock": {"ID": new_id}}).status_code == 200
-    assert put("lock-acquire", {"Lock": {"TTL": "5s"}}).status_code == 200  # released, no delay
+# Variable locks: tests/doubles/test_nomad_locks_acl_contract.py (TTL bounds, 2 x TTL, LockDelay).
 
 
 # ----------------------------------------------------------------------------- event stream

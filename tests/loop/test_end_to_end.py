@@ -73,7 +73,12 @@ def _nomad_get(cluster, path: str, **params):
     import requests
 
     params.setdefault("namespace", "runners")
-    return requests.get(f"{cluster.nomad.address}{path}", params=params, timeout=10)
+    return requests.get(f"{cluster.nomad.address}{path}", params=params, headers=_auth(cluster), timeout=10)
+
+
+def _auth(cluster) -> dict[str, str]:
+    """The reconciler's own token: ACLs are on, with the shipped policy."""
+    return {"X-Nomad-Token": cluster.nomad_token} if cluster.nomad_token else {}
 
 
 def _all_logs(cluster):
