@@ -11,9 +11,10 @@
 * ``TLS_SERVER_NAME``: the name sent as SNI and checked against the server certificate;
 * ``SKIP_VERIFY``: a boolean (``1``, ``true``, ...); never verifies anything: for a lab only.
 
-``apply`` puts the result on a ``requests`` session; ``verify``/``cert`` are also handed to
-libraries that pass them per request (hvac, python-nomad), which would otherwise win over
-the session's.
+Plain data and the standard library only (the decision code may read settings that hold it);
+``reconciler.clients.tls_session.apply_tls`` puts it on a ``requests`` session. ``verify``/``cert``
+are also handed to libraries that pass them per request (hvac, python-nomad), which would
+otherwise win over the session's.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import requests
-from requests.adapters import HTTPAdapter
 
 _TRUE = ("1", "t", "true", "y", "yes", "on")
 _FALSE = ("", "0", "f", "false", "n", "no", "off")
@@ -115,16 +114,6 @@ class TLSConfig:
             context.load_cert_chain(*cert)
         return context
 
-    def apply(self, session: requests.Session, *, pool: int = 10) -> requests.Session:
-        """Set ``verify`` and ``cert`` on ``session``; with a server name, mount an adapter that sends and checks it."""
-        session.verify = self.verify()
-        cert = self.cert()
-        if cert is not None:
-            session.cert = cert
-        if self.server_name:
-            session.mount("https://", _ServerNameAdapter(self.server_name, pool_connections=4, pool_maxsize=pool))
-        return session
-
 
 def ssl_problem(exc: BaseException, prefix: str) -> str:
     """A TLS failure in one line with the fix: which variable to set (``prefix``: ``VAULT`` or ``NOMAD``)."""
@@ -149,19 +138,6 @@ def ssl_problem(exc: BaseException, prefix: str) -> str:
     if "certificate required" in text.lower() or "CERTIFICATE_REQUIRED" in text:
         return f"TLS: the server requires a client certificate; set {prefix}_CLIENT_CERT and {prefix}_CLIENT_KEY"
     return f"TLS handshake failed ({type(exc).__name__}); check {prefix}_CACERT, {prefix}_CLIENT_CERT/{prefix}_CLIENT_KEY and {prefix}_TLS_SERVER_NAME"
-
-
-class _ServerNameAdapter(HTTPAdapter):
-    """Sends ``server_name`` as SNI and checks the certificate against it (``*_TLS_SERVER_NAME``)."""
-
-    def __init__(self, server_name: str, **kw: Any) -> None:
-        self._server_name = server_name
-        super().__init__(**kw)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["server_hostname"] = self._server_name
-        kwargs["assert_hostname"] = self._server_name
-        super().init_poolmanager(*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=8)

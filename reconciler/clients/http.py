@@ -17,6 +17,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from reconciler.clients.tls_session import apply_tls
 from reconciler.tls import TLSConfig
 
 
@@ -36,7 +37,7 @@ def pooled_session(url: str | None, *, auth: Any = None, pool: int = 32, tls: TL
             session.verify = bundle
         session.trust_env = False
     if tls is not None and tls.configured:
-        tls.apply(session, pool=pool)
+        apply_tls(tls, session, pool=pool)
     if auth is not None:
         session.auth = auth
     return session

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import requests
 
+from reconciler.clients.tls_session import apply_tls
 from reconciler.tls import TLSConfig
 
 #: 412: a performance standby lacks the state yet; 429: a rate-limit quota. Vault's own client retries both.
@@ -69,7 +70,7 @@ class VaultSession:
         self._http = requests.Session()
         self._http.trust_env = False  # no proxies or netrc credentials from the task's environment
         if tls is not None:
-            tls.apply(self._http)  # VAULT_CACERT & co.: a private CA, a client certificate, a server name
+            apply_tls(tls, self._http)  # VAULT_CACERT & co.: a private CA, a client certificate, a server name
 
     def close(self) -> None:
         self._http.close()
