@@ -69,10 +69,13 @@ def soak(
     ghosts = []
     started = time.monotonic()
     merge_actions(cluster, batches.pop(0), title=f"soak {tag} batch 1")
-    deleted = False
+    deleted = fresh_store = False
+    # A store deleted with its lock id cannot resume its own lease: the restart waits it out (2 x TTL + LockDelay).
+    lease = 2 * float(svc.env["RECONCILER_LOCK_TTL"]) + float(svc.env["RECONCILER_LOCK_DELAY"])
     while time.monotonic() - started < KILLING_BUDGET:
         svc.start()
-        wait_for(lambda: svc.is_leader() or not svc.alive(), 20, "leadership")
+        wait_for(lambda: svc.is_leader() or not svc.alive(), 20 + (lease if fresh_store else 0), "leadership")
+        fresh_store = False
         assert svc.alive(), f"the reconciler died on its own; log:\n{svc.log_tail()}"
         time.sleep(rng.uniform(*KILL_EVERY))
         assert svc.alive(), f"the reconciler died on its own; log:\n{svc.log_tail()}"
@@ -86,7 +89,7 @@ def soak(
             ghosts.append(ghost)
             for suffix in ("", "-wal", "-shm"):
                 (svc.db.parent / (svc.db.name + suffix)).unlink(missing_ok=True)
-            deleted = True
+            deleted = fresh_store = True
         if not batches and len(done) == ACTIONS:
             break
     for batch in batches:  # the budget ran out before every batch went in
