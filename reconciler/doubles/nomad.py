@@ -1729,10 +1729,16 @@ class NomadDouble(DoubleServer):
         except FilterError as exc:
             raise _Fail(exc.status, str(exc)) from None
 
+        def kept(data: dict[str, Any]) -> bool:
+            try:
+                return keep is None or keep(data)
+            except FilterError as exc:  # the expression cannot be evaluated on this allocation
+                raise _Fail(exc.status, str(exc)) from None
+
         def compute() -> tuple[Any, int]:
             out = []
             for alloc in self._allocs.values():
-                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix) and (keep is None or keep(alloc.data)):
+                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix) and kept(alloc.data):
                     data = dict(alloc.data)
                     if not with_states:
                         data["TaskStates"] = None
