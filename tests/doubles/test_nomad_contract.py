@@ -888,13 +888,30 @@ def test_variable_locks_ttl_and_lock_delay(double: NomadDouble) -> None:
 # ----------------------------------------------------------------------------- event stream
 
 
+def _stream(double: NomadDouble, params: list[tuple[str, Any]], *, want: int, timeout: float = 5) -> list[dict[str, Any]]:
+    """The first ``want`` messages (heartbeats included) of an event stream."""
+    out: list[dict[str, Any]] = []
+    with raw(double, "GET", "/v1/event/stream", params=params, stream=True, timeout=timeout) as resp:
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["Content-Type"] == "application/json"
+        for line in resp.iter_lines(chunk_size=1):
+            if line:
+                out.append(json.loads(line))
+            if len(out) >= want:
+                break
+    return out
+
+
 def test_event_stream_ndjson_with_heartbeats(double: NomadDouble) -> None:
+    """``nomad/stream/ndjson.go``: a ``{}`` as soon as the stream opens, then one per heartbeat period
+    (``nomad/event_endpoint.go``: ``NewJsonStream(ctx, 30*time.Second)``); frames ``{"Index", "Events"}``."""
+    assert double.event_heartbeat == 30.0  # the server's period; the test shortens it below
     double.event_heartbeat = 0.3
     register(double, parent_hcl())
     start_index = int(raw(double, "GET", "/v1/jobs").headers["X-Nomad-Index"])
     child = dispatch(double, "work").json()["DispatchedJobID"]
     wait_status(double, child, "dead")
-    seen_alloc, seen_job, heartbeat = False, False, False
+    seen_alloc, seen_job, heartbeats, first = False, False, 0, None
     with raw(
         double,
         "GET",
@@ -906,20 +923,67 @@ def test_event_stream_ndjson_with_heartbeats(double: NomadDouble) -> None:
         deadline = time.monotonic() + 5
         for line in resp.iter_lines():
             message = json.loads(line)
+            first = message if first is None else first
             if message == {}:
-                heartbeat = True
+                heartbeats += 1
             else:
                 assert set(message) == {"Index", "Events"}
                 for ev in message["Events"]:
                     assert {"Topic", "Type", "Key", "Namespace", "FilterKeys", "Index", "Payload"} <= set(ev)
+                    assert ev["Index"] == message["Index"]
                     if ev["Topic"] == "Allocation" and ev["Payload"]["Allocation"]["JobID"] == child:
                         seen_alloc = True
                     if ev["Topic"] == "Job" and ev["Key"] == child:
                         seen_job = seen_job or ev["Payload"]["Job"]["ID"] == child
                     assert ev["Topic"] in ("Allocation", "Job")
-            if (seen_alloc and seen_job and heartbeat) or time.monotonic() > deadline:
+            if (seen_alloc and seen_job and heartbeats >= 2) or time.monotonic() > deadline:
                 break
-    assert seen_alloc and seen_job and heartbeat
+    assert first == {}  # the initial heartbeat, before any frame
+    assert seen_alloc and seen_job and heartbeats >= 2
+
+
+def test_event_stream_resumes_at_its_index_inclusive_and_replays_the_buffer_from_zero(double: NomadDouble) -> None:
+    """``nomad/stream/event_broker.go`` ``Subscribe`` / ``event_buffer.go`` ``StartAtClosest``: ``index=I``
+    starts at the frame of index I itself; ``index=0`` at the oldest buffered frame."""
+    for name in ("a", "b", "c"):
+        register(double, parent_hcl(name))
+    topic = [("topic", "Job")]
+    replay = [m for m in _stream(double, topic + [("index", 0)], want=4) if m]
+    indexes = [m["Index"] for m in replay]
+    assert [m["Events"][0]["Key"] for m in replay] == ["a", "b", "c"] and indexes == sorted(indexes)
+    resumed = [m for m in _stream(double, topic + [("index", indexes[1])], want=3) if m]
+    assert [m["Index"] for m in resumed] == indexes[1:]  # the frame at the resume index comes again
+
+
+def test_event_stream_buffer_keeps_the_last_indexes_only(double: NomadDouble) -> None:
+    """``nomad/config.go`` ``EventBufferSize`` (100 by default): older frames are gone; a resume from
+    an index no longer buffered starts at the oldest one still there (``StartAtClosest``)."""
+    assert double.event_buffer_size == 100
+    double.event_buffer_size = 2
+    for name in ("a", "b", "c", "d"):
+        register(double, parent_hcl(name))
+    topic = [("topic", "Job")]
+    replay = [m for m in _stream(double, topic + [("index", 0)], want=3) if m]
+    assert [m["Events"][0]["Key"] for m in replay] == ["c", "d"]
+    from_old = [m for m in _stream(double, topic + [("index", 1)], want=3) if m]
+    assert [m["Events"][0]["Key"] for m in from_old] == ["c", "d"]
+
+
+def test_event_stream_topics_namespace_and_bad_queries(double: NomadDouble) -> None:
+    """Topics ``T`` and ``T:key`` and a 400 for more colons; a bad index is a 400
+    (``command/agent/event_endpoint.go``); only the asked namespace's events (``nomad/event_endpoint.go``)."""
+    register(double, parent_hcl("a"))
+    register(double, parent_hcl("b"))
+    only_b = [m for m in _stream(double, [("topic", "Job:b"), ("index", 0)], want=2) if m]
+    assert [ev["Key"] for m in only_b for ev in m["Events"]] == ["b"]
+    double.event_heartbeat = 0.3
+    elsewhere = _stream(double, [("topic", "Job"), ("namespace", "other"), ("index", 0)], want=2, timeout=3)
+    assert elsewhere == [{}, {}]  # heartbeats only: the jobs are in "default"
+    bad_topic = raw(double, "GET", "/v1/event/stream", params={"topic": "Job:a:b"})
+    assert bad_topic.status_code == 400
+    assert bad_topic.text == "Invalid topic query: error parsing topics: Invalid key value pair for topic, topic: Job:a:b"
+    bad_index = raw(double, "GET", "/v1/event/stream", params={"index": "x"})
+    assert bad_index.status_code == 400 and bad_index.text.startswith("Unable to parse index: ")
 
 
 # ----------------------------------------------------------------------------- exec and simulate modes
