@@ -14,6 +14,7 @@ a visible ``waiting`` reason; a failing system slows only the runs that need it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -351,6 +352,18 @@ class Reconciler:
                 seen, known = self._job_changes.get(job_id, (now, set()))
                 self._job_changes[job_id] = (seen, known | statuses)
 
+    def nomad_watch_state(self, state: str, why: str | None) -> None:
+        """From the watcher: the Nomad watch is ``live`` or ``failing`` (``why``): a metric and a line of `status`."""
+        if state in ("live", "failing"):
+            self.ctx.observe("nomad_watch", state == "live")
+        record = {"state": state, "since": self.ctx.now(), "why": why}
+        if state == "failing":
+            record["fallback"] = f"looking at every in-flight run every {self.WATCH_SAFETY:.0f} s, listing allocations at most every {self.ALLOC_LIST_EVERY} s"
+        try:
+            self.ctx.store.set_value("nomad_watch", json.dumps(record))
+        except Exception:  # the store being busy must not stop the watcher thread
+            log.exception("could not record the Nomad watch state")
+
     def remote_changed(self, head: str | None = None) -> None:
         """The ops remote's head moved (to ``head``): fetch at the next pass - unless it is our own
         result push, which changes nothing desired (the next periodic fetch catches up)."""
@@ -415,7 +428,12 @@ class Reconciler:
         interval = self.ctx.settings.loop.interval
         self._remote_dirty.set()  # the first pass of every serve() reads the remote afresh
         watchers = Watchers(
-            self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed, on_allocations=self.allocations_changed
+            self.ctx.nomad,
+            self.ctx.ops,
+            self.wake,
+            on_remote=self.remote_changed,
+            on_allocations=self.allocations_changed,
+            on_state=self.nomad_watch_state,
         ).start()
         try:
             return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
@@ -423,6 +441,7 @@ class Reconciler:
             watchers.stop()
             with self._steps_lock:
                 self._watch_live = False
+            self.nomad_watch_state("stopped", None)
 
     def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
         while not stop.is_set():

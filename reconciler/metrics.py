@@ -71,6 +71,13 @@ class Metrics:
         )
         self._runs = Gauge("reconciler_runs", "Runs in the store, by state.", ["state"], registry=r)
         self._leader = Gauge("reconciler_leader", "1 while this process holds the leader lock, else 0.", registry=r)
+        self._nomad_watch = Gauge(
+            "reconciler_nomad_watch_live",
+            "1 while the Nomad event stream is followed; 0 while it fails and the loop polls instead.", registry=r,
+        )
+        self._nomad_watch_failures = Counter(
+            "reconciler_nomad_watch_failures", "Times the Nomad watch started failing (one per failure streak).", registry=r,
+        )
         for state in State:
             self._runs.labels(state=state.value).set(0)
 
@@ -108,6 +115,12 @@ class Metrics:
         for name, n in counts.items():
             if name not in State._value2member_map_:
                 self._runs.labels(state=str(name)).set(int(n))
+
+    def nomad_watch(self, live: bool) -> None:
+        """The Nomad watch is live (True) or has just started failing (False: one failure streak)."""
+        self._nomad_watch.set(1 if live else 0)
+        if not live:
+            self._nomad_watch_failures.inc()
 
     def set_leader(self, leader: bool) -> None:
         self._leader.set(1 if leader else 0)
