@@ -25,6 +25,7 @@ from typing import Any, Callable
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
+from reconciler.decide import TIMEOUT_GRACE
 from reconciler.leader import Leadership, record_to_store
 from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
@@ -85,6 +86,8 @@ class Reconciler:
         self._last_watch: dict[str, float] = {}
         self._watch_live = False
         """True while the allocation watcher reports changes (then the loop does not list allocations)."""
+        self._timeout_due: dict[str, float] = {}
+        """Started runs: monotonic time their timeout falls due (a look is due then, watch or not)."""
         self._job_changes: dict[str, tuple[float, set[str]]] = {}
         """Jobs the watcher saw change, not yet looked at: job id -> (when first seen, client statuses)."""
 
@@ -249,10 +252,12 @@ class Reconciler:
     REPORT_EVERY = 0.3
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
-    #: WATCH_SAFETY for a started run while the allocation watcher names the jobs that changed: the look is then
-    #: only a safety net (timeouts are minutes, a missed change), and a thousand running children must not
-    #: cost a thousand looks every few seconds. A run not yet started keeps WATCH_SAFETY (placement deadline).
-    WATCH_SAFETY_WATCHED = 20.0
+    #: WATCH_SAFETY for a started run while the Nomad watch is live: the event stream carries every allocation
+    #: change (resumed from its index, a gap caught up by one list), so this look only guards against a change
+    #: nobody reported; the run's own timeout deadline brings its look forward (``_timeout_due``). One look is
+    #: two reads (job, allocations): 90 s keeps a running child under 2 Nomad requests a minute. A run not yet
+    #: started keeps WATCH_SAFETY (placement deadline).
+    WATCH_SAFETY_WATCHED = 90.0
     #: Seconds a wake-up waits so that many finishing steps share one pass.
     COALESCE = 0.05
     #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
@@ -310,7 +315,8 @@ class Reconciler:
             if statuses is not None:
                 settled.add(r.nomad_job_id or "")
             safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
-            if changes is None or last is None or named or mono - last >= safety:
+            timed_out = mono >= self._timeout_due.get(r.id, float("inf"))
+            if changes is None or last is None or named or timed_out or mono - last >= safety:
                 self._last_watch[r.id] = mono
                 due.append(r)
         if live:
@@ -331,7 +337,23 @@ class Reconciler:
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
         listed = {r.id: r.state for r in due}
-        return [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
+        chosen = [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
+        self._note_timeouts(chosen, {r.id for r in watched} | busy, now, mono)
+        return chosen
+
+    def _note_timeouts(self, chosen: list[RunRecord], keep: set[str], now: float, mono: float) -> None:
+        """When each started run's timeout falls due (monotonic), so a live watch need not poll for it;
+        runs no longer watched (nor being stepped) are forgotten."""
+        for run in chosen:
+            if run.state == State.RUNNING and run.started_at:
+                try:
+                    ends = parse_rfc3339(run.started_at) + int(run.timeout_minutes or 60) * 60 + TIMEOUT_GRACE + 1.0
+                except ValueError:
+                    continue
+                self._timeout_due[run.id] = mono + max(0.0, ends - now)
+        keep = keep | {run.id for run in chosen}
+        for run_id in [k for k in self._timeout_due if k not in keep]:
+            del self._timeout_due[run_id]
 
     def _step_done(self, run_id: str) -> None:
         with self._steps_lock:

@@ -26,7 +26,6 @@ import threading
 from typing import Any, Callable
 
 from reconciler.clients.errors import PermanentError, TransientError
-from reconciler.clients.nomad_events import allocation_changes
 
 log = logging.getLogger("reconciler.watch")
 
@@ -34,6 +33,34 @@ FIRST_BACKOFF = 1.0
 """Seconds before the first attempt to reopen a failed watch (doubling from there)."""
 MAX_BACKOFF = 30.0
 """Seconds between two attempts to reopen a failing watch, at most."""
+
+
+def allocation_changes(events: tuple[dict[str, Any], ...]) -> dict[str, set[str]]:
+    """Jobs named by ``events``, with what they changed to.
+
+    Allocation events give the allocation's ``ClientStatus`` (``pending`` is left out: a placed,
+    not yet started allocation decides nothing). Job events count only when the job ended or
+    left: ``dead`` or ``deregistered`` (a child stopped or purged behind our back).
+    """
+    jobs: dict[str, set[str]] = {}
+    for ev in events:
+        payload = ev.get("Payload") or {}
+        if ev.get("Topic") == "Allocation":
+            alloc = payload.get("Allocation") or {}
+            status = str(alloc.get("ClientStatus") or "")
+            job_id = alloc.get("JobID")
+            if job_id and status and status != "pending":
+                jobs.setdefault(str(job_id), set()).add(status)
+        elif ev.get("Topic") == "Job":
+            job = payload.get("Job") or {}
+            job_id = job.get("ID") or ev.get("Key")
+            if not job_id:
+                continue
+            if ev.get("Type") == "JobDeregistered":
+                jobs.setdefault(str(job_id), set()).add("deregistered")
+            elif job.get("Status") == "dead":
+                jobs.setdefault(str(job_id), set()).add("dead")
+    return jobs
 
 
 class Watchers:

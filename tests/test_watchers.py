@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import pytest
 
 from reconciler.clients.errors import TransientError
-from reconciler.clients.nomad_events import Frame, allocation_changes, parse_line
-from reconciler.watchers import Watchers
+from reconciler.clients.nomad_events import Frame, parse_line
+from reconciler.watchers import Watchers, allocation_changes
 
 
 def alloc_event(job: str, status: str, index: int) -> dict[str, Any]:

@@ -121,32 +121,4 @@ def parse_line(line: bytes, *, system: str = "nomad") -> Frame:
     return Frame(index, tuple(e for e in events if isinstance(e, dict)))
 
 
-def allocation_changes(events: tuple[dict[str, Any], ...]) -> dict[str, set[str]]:
-    """Jobs named by ``events``, with what they changed to.
-
-    Allocation events give the allocation's ``ClientStatus`` (``pending`` is left out: a placed,
-    not yet started allocation decides nothing). Job events count only when the job ended or
-    left: ``dead`` or ``deregistered`` (a child stopped or purged behind our back).
-    """
-    jobs: dict[str, set[str]] = {}
-    for ev in events:
-        payload = ev.get("Payload") or {}
-        if ev.get("Topic") == "Allocation":
-            alloc = payload.get("Allocation") or {}
-            status = str(alloc.get("ClientStatus") or "")
-            job_id = alloc.get("JobID")
-            if job_id and status and status != "pending":
-                jobs.setdefault(str(job_id), set()).add(status)
-        elif ev.get("Topic") == "Job":
-            job = payload.get("Job") or {}
-            job_id = job.get("ID") or ev.get("Key")
-            if not job_id:
-                continue
-            if ev.get("Type") == "JobDeregistered":
-                jobs.setdefault(str(job_id), set()).add("deregistered")
-            elif job.get("Status") == "dead":
-                jobs.setdefault(str(job_id), set()).add("dead")
-    return jobs
-
-
-__all__ = ["EVENT_HEARTBEAT", "TOPICS", "Frame", "EventStream", "parse_line", "allocation_changes"]
+__all__ = ["EVENT_HEARTBEAT", "TOPICS", "Frame", "EventStream", "parse_line"]

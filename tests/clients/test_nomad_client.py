@@ -277,7 +277,7 @@ def test_allocation_changes_name_the_jobs_that_moved_past_an_index(client: Nomad
 
 def test_event_stream_follows_the_namespace_and_resumes_from_an_index(client: NomadClient, double: NomadDouble) -> None:
     """One connection for every child: the child's allocation events arrive; a resume starts at its index."""
-    from reconciler.clients.nomad_events import allocation_changes
+    from reconciler.watchers import allocation_changes
 
     double.simulate = lambda job: (0.2, 0, "")
     stream = client.event_stream(0)
