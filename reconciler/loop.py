@@ -316,15 +316,19 @@ class Reconciler:
                 settled.add(r.nomad_job_id or "")
             safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
             timed_out = mono >= self._timeout_due.get(r.id, float("inf"))
-            if changes is None or last is None or named or timed_out or mono - last >= safety:
+            # a run back from a backoff (or a requeue it asked for) is looked at: the change that made its
+            # failed step happen was consumed by that step
+            retry = r.next_try_at is not None
+            if changes is None or last is None or named or timed_out or retry or mono - last >= safety:
                 self._last_watch[r.id] = mono
                 due.append(r)
         if live:
             with self._steps_lock:
                 # what was looked at (or needs no look) is forgotten; a change of a run being stepped right
-                # now stays for the next pass, and a change of no run of ours ages out
+                # now, or waiting out a backoff, stays until it is looked at; a change of no run of ours ages out
+                # (after the safety look's interval: a run in backoff is not listed, yet its change must survive)
                 for job_id in list(self._job_changes):
-                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY:
+                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY_WATCHED:
                         del self._job_changes[job_id]
         if ctx.head is not None:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
@@ -408,9 +412,13 @@ class Reconciler:
                 if after == before or after not in STEPS or after in (State.DISPATCHED,) or before in (State.DISPATCHED, State.RUNNING):
                     break  # a watch step already decided on what it saw: looking again at once would see the same
                 step = step_for(current)
+            done: dict[str, Any] = {}
             if current.failures:
-                # the step went through: the backoff counts consecutive failures only
-                ctx.store.update(run.id, {"failures": 0})
+                done["failures"] = 0  # the step went through: the backoff counts consecutive failures only
+            if current.next_try_at and current.next_try_at == run.next_try_at:
+                done["next_try_at"] = None  # the retry it waited for happened (a step's own requeue is kept)
+            if done:
+                ctx.store.update(run.id, done)
             return None
         except StaleState:
             return None
