@@ -349,7 +349,8 @@ class NomadClient:
 
         Lets the loop look only at the children that moved instead of polling every one. The list is
         unfiltered and the ``ModifyIndex`` comparison is ours: go-bexpr has no ``>``, and a real Nomad
-        answers ``filter=ModifyIndex > N`` with a 400 (CONTRACTS.md, "List filters are go-bexpr").
+        answers ``filter=ModifyIndex > N`` with a 400 (go-bexpr ``grammar/grammar.peg``; Nomad
+        ``nomad/state/paginator/paginator.go``).
         """
         resp = self._raw("list allocations", self._nomad.allocations, method="get", params={"task_states": "false"})
         new_index = int(resp.headers.get("X-Nomad-Index") or index)
