@@ -918,12 +918,13 @@ class NomadDouble(DoubleServer):
         ns = self._ns(req)
         prefix = req.arg("prefix") or ""
         meta = _bool_arg(req.arg("meta"))
+        kept = self._list_filter(req)  # evaluated on the job itself, as Job.List's paginator does
 
         def compute() -> tuple[Any, int]:
             stubs = [
                 self._stub(key, job, meta)
                 for key, job in sorted(self._jobs.items())
-                if (ns == "*" or key[0] == ns) and key[1].startswith(prefix)
+                if (ns == "*" or key[0] == ns) and key[1].startswith(prefix) and kept(job)
             ]
             return stubs, self._table_index["jobs"]
 
@@ -1730,16 +1731,7 @@ class NomadDouble(DoubleServer):
         prefix = req.arg("prefix") or ""
         task_states = req.arg("task_states")
         with_states = task_states is None or _bool_arg(task_states)
-        try:
-            keep = compile_filter(req.arg("filter"))
-        except FilterError as exc:
-            raise _Fail(exc.status, str(exc)) from None
-
-        def kept(data: dict[str, Any]) -> bool:
-            try:
-                return keep is None or keep(data)
-            except FilterError as exc:  # the expression cannot be evaluated on this allocation
-                raise _Fail(exc.status, str(exc)) from None
+        kept = self._list_filter(req)
 
         def compute() -> tuple[Any, int]:
             out = []
@@ -1753,6 +1745,23 @@ class NomadDouble(DoubleServer):
             return out, self._table_index["allocs"]
 
         return self._blocking(req, compute, index_of=lambda: self._table_index["allocs"])
+
+    @staticmethod
+    def _list_filter(req: Request) -> Callable[[dict[str, Any]], bool]:
+        """``filter=`` of a paginated list (``nomad/state/paginator/paginator.go``): a go-bexpr predicate on
+        the listed object; a bad expression is a 400 before any wait, an evaluation error a 400 too."""
+        try:
+            keep = compile_filter(req.arg("filter"))
+        except FilterError as exc:
+            raise _Fail(exc.status, str(exc)) from None
+
+        def kept(data: dict[str, Any]) -> bool:
+            try:
+                return keep is None or keep(data)
+            except FilterError as exc:  # the expression cannot be evaluated on this object
+                raise _Fail(exc.status, str(exc)) from None
+
+        return kept
 
     def _h_alloc_read(self, req: Request) -> Response:
         alloc_id = req.params["id"]
@@ -1895,9 +1904,10 @@ class NomadDouble(DoubleServer):
 
     def _h_vars_list(self, req: Request) -> Response:
         ns, prefix = self._ns(req), req.arg("prefix") or ""
+        kept = self._list_filter(req)
 
         def compute() -> tuple[Any, int]:
-            return self._vars.listing(ns, prefix), self._vars.index
+            return [v for v in self._vars.listing(ns, prefix) if kept(v)], self._vars.index
 
         return self._blocking(req, compute)
 

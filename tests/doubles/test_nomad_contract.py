@@ -295,6 +295,16 @@ def test_allocation_list_filter_is_go_bexpr_without_relational_operators(double:
     collection = raw(double, "GET", "/v1/allocations", params={"filter": "any TaskStates as t { t is empty }"})
     assert collection.status_code == 501 and "collection expressions" in collection.text
 
+    # the other paginated lists take the same language: jobs (on the job) and variables (on their metadata)
+    jobs = raw(double, "GET", "/v1/jobs", params={"filter": f'ParentID == "work" and ID != "{first}"'})
+    assert jobs.status_code == 200 and [j["ID"] for j in jobs.json()] == [second]
+    assert raw(double, "GET", "/v1/jobs", params={"filter": "ModifyIndex > 1"}).status_code == 400
+    raw(double, "PUT", "/v1/var/team/a", json={"Path": "team/a", "Items": {"k": "v"}})
+    raw(double, "PUT", "/v1/var/team/b", json={"Path": "team/b", "Items": {"k": "v"}})
+    variables = raw(double, "GET", "/v1/vars", params={"filter": 'Path matches "/b$"'})
+    assert variables.status_code == 200 and [v["Path"] for v in variables.json()] == ["team/b"]
+    assert raw(double, "GET", "/v1/vars", params={"filter": "CreateIndex >= 0"}).status_code == 400
+
     # a valid filter on a blocking query wakes on the table's index and answers only the matches
     threading.Timer(0.2, lambda: double.stop_behind_back(first)).start()
     woken = raw(double, "GET", "/v1/allocations", params={"index": now, "wait": "5s", "filter": f'JobID == "{first}"'})
