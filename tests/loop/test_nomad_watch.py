@@ -73,7 +73,10 @@ def test_a_running_child_costs_under_two_nomad_requests_a_minute_with_the_watch_
     collect_reads = 2  # job + allocations when the end is seen (logs are read by allocation id)
     assert len(watching) <= collect_reads + per_minute_budget, [(c.method, c.path) for c in watching]
     streams = [c for c in window if c.path == "/v1/event/stream"]
-    assert len(streams) <= 1  # one connection for every child, not one per child
+    assert len(streams) <= 1  # one connection for every child, not one per child (none if it stayed up)
+    assert cluster.nomad.calls_to("GET", "/v1/event/stream"), "the watch is the event stream"
+    blocking = [c for c in window if c.path == "/v1/allocations" and c.arg("index")]
+    assert blocking == []  # no blocking list either: the stream carries the changes
     assert result(cluster, "watch-live")["outcome"] == "success"
 
 
