@@ -260,8 +260,11 @@ class Reconciler:
     WATCH_SAFETY_WATCHED = 90.0
     #: Seconds a wake-up waits so that many finishing steps share one pass.
     COALESCE = 0.05
-    #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
+    #: Seconds between two listings of Nomad's allocations by passes run without a watcher (``run_pass``).
     ALLOC_LIST_EVERY = 0.2
+    #: The same while the service's Nomad watch is failing: the list is unfiltered (go-bexpr has no ``>``),
+    #: the whole namespace's allocations each time, so the safety poll is bounded to one every 2 s.
+    FALLBACK_LIST_EVERY = 2.0
 
     def _select_due(self, ctx: Context, *, use_watcher: bool = False) -> list[RunRecord]:
         """Runs to step this pass: not already stepping, due, and worth a look.
@@ -291,7 +294,8 @@ class Reconciler:
             live = self._watch_live and use_watcher
             if live:
                 changes = {job: statuses for job, (_, statuses) in self._job_changes.items()}
-        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
+        every = self.FALLBACK_LIST_EVERY if use_watcher else self.ALLOC_LIST_EVERY
+        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= every:
             try:
                 index, listed_jobs = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
                 changes = {job: {"listed"} for job in listed_jobs}  # status unknown: always worth a look
@@ -384,7 +388,9 @@ class Reconciler:
             self.ctx.observe("nomad_watch", state == "live")
         record = {"state": state, "since": self.ctx.now(), "why": why}
         if state == "failing":
-            record["fallback"] = f"looking at every in-flight run every {self.WATCH_SAFETY:.0f} s, listing allocations at most every {self.ALLOC_LIST_EVERY} s"
+            record["fallback"] = (
+                f"listing allocations every {self.FALLBACK_LIST_EVERY:g} s and looking at every in-flight run every {self.WATCH_SAFETY:g} s"
+            )
         try:
             self.ctx.store.set_value("nomad_watch", json.dumps(record))
         except Exception:  # the store being busy must not stop the watcher thread
