@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import requests
+import urllib3
 
 from reconciler.clients.errors import TransientError
 
@@ -75,7 +76,7 @@ class EventStream:
     def __iter__(self) -> Iterator[Frame]:
         first = True
         try:
-            for line in self._response.iter_lines(chunk_size=1):
+            for line in _lines(self._response):
                 if not line:
                     continue
                 frame = parse_line(line, system=self._system)
@@ -84,7 +85,7 @@ class EventStream:
                         self.gap = True
                     first = False
                 yield frame
-        except (requests.RequestException, AttributeError, ValueError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, AttributeError, ValueError) as exc:
             if self._closed:
                 return
             raise TransientError(f"Nomad event stream dropped: {type(exc).__name__}", system=self._system) from exc
@@ -92,6 +93,29 @@ class EventStream:
             self._response.close()
         if not self._closed:
             raise TransientError("Nomad event stream ended by the server", system=self._system)
+
+
+def _lines(response: requests.Response, size: int = 65536) -> Iterator[bytes]:
+    """The body's lines as they arrive.
+
+    ``read1`` returns whatever has arrived (a chunk, or what a close-delimited body has so far):
+    ``iter_lines`` would either wait for a whole buffer or, with ``chunk_size=1``, make a Python
+    call per byte of every Job event.
+    """
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:
+        yield from response.iter_lines(chunk_size=1)
+        return
+    pending = b""
+    while True:
+        data = read1(size)
+        if not data:
+            if pending:
+                yield pending
+            return
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        yield from complete
 
 
 def _socket_of(response: requests.Response) -> socket.socket | None:
