@@ -18,6 +18,7 @@ buffer is cut off ("event dropped from buffer", ``bufferItem.Next``).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -127,8 +128,20 @@ def _socket_of(response: requests.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+_FRAME_INDEX = re.compile(rb'^\{\s*"Index"\s*:\s*(\d+)\s*,')
+_WORTH_READING = re.compile(rb'"Topic"\s*:\s*"Allocation"|"Type"\s*:\s*"JobDeregistered"|"Status"\s*:\s*"dead"')
+
+
 def parse_line(line: bytes, *, system: str = "nomad") -> Frame:
-    """One line of the stream: a heartbeat ``{}`` or ``{"Index", "Events"}``."""
+    """One line of the stream: a heartbeat ``{}`` or ``{"Index", "Events"}``.
+
+    Job events carry whole jobs, and a burst of dispatches is a Job event per child: a frame with no
+    allocation event, no deregistration and no dead job is not decoded (its index is read, its
+    ``events`` are left empty) - the watcher would ignore every one of them.
+    """
+    head = _FRAME_INDEX.match(line)
+    if head is not None and _WORTH_READING.search(line) is None:
+        return Frame(int(head.group(1)))
     try:
         message = json.loads(line)
     except ValueError:
