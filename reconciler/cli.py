@@ -253,7 +253,18 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
     counts = store.counts()
     if as_json:
         leadership = store.get_value("leadership")
-        click.echo(json.dumps({"runs": [r.public() for r in runs], "counts": counts, "leadership": json.loads(leadership) if leadership else None}, indent=2))
+        watch = store.get_value("nomad_watch")
+        click.echo(
+            json.dumps(
+                {
+                    "runs": [r.public() for r in runs],
+                    "counts": counts,
+                    "leadership": json.loads(leadership) if leadership else None,
+                    "nomad_watch": json.loads(watch) if watch else None,
+                },
+                indent=2,
+            )
+        )
         return
     leadership = store.get_value("leadership")
     if leadership:
@@ -265,6 +276,9 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
         if info.get("why"):
             line += f" ({info['why']})"
         click.echo(line)
+    watch_line = _nomad_watch_line(store.get_value("nomad_watch"), now)
+    if watch_line:
+        click.echo(watch_line)
     from reconciler import brakes as brakes_mod
 
     b = brakes_mod.read(store)
@@ -292,6 +306,23 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
             ]
         )
     click.echo(_table(rows))
+
+
+def _nomad_watch_line(raw: str | None, now: float) -> str | None:
+    """``nomad watch: live since 3m ago`` / ``failing since ... (why); fallback: ...`` from the service's record."""
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+        since = _age(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(info["since"]))), now)
+        line = f"nomad watch: {info['state']} since {since} ago"
+    except (ValueError, KeyError, TypeError):
+        return "nomad watch: unreadable record in the store"
+    if info.get("why"):
+        line += f" ({info['why']})"
+    if info.get("fallback"):
+        line += f"; fallback: {info['fallback']}"
+    return line
 
 
 @cli.command()

@@ -14,6 +14,7 @@ a visible ``waiting`` reason; a failing system slows only the runs that need it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any, Callable
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
+from reconciler.decide import TIMEOUT_GRACE
 from reconciler.leader import Leadership, StoreOwner, record_to_store
 from reconciler.watchers import Watchers
 from reconciler.steps import STEPS, step_for
@@ -86,6 +88,8 @@ class Reconciler:
         self._last_watch: dict[str, float] = {}
         self._watch_live = False
         """True while the allocation watcher reports changes (then the loop does not list allocations)."""
+        self._timeout_due: dict[str, float] = {}
+        """Started runs: monotonic time their timeout falls due (a look is due then, watch or not)."""
         self._job_changes: dict[str, tuple[float, set[str]]] = {}
         """Jobs the watcher saw change, not yet looked at: job id -> (when first seen, client statuses)."""
 
@@ -265,14 +269,19 @@ class Reconciler:
     REPORT_EVERY = 0.3
     #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
     WATCH_SAFETY = 5.0
-    #: WATCH_SAFETY for a started run while the allocation watcher names the jobs that changed: the look is then
-    #: only a safety net (timeouts are minutes, a missed change), and a thousand running children must not
-    #: cost a thousand looks every few seconds. A run not yet started keeps WATCH_SAFETY (placement deadline).
-    WATCH_SAFETY_WATCHED = 20.0
+    #: WATCH_SAFETY for a started run while the Nomad watch is live: the event stream carries every allocation
+    #: change (resumed from its index, a gap caught up by one list), so this look only guards against a change
+    #: nobody reported; the run's own timeout deadline brings its look forward (``_timeout_due``). One look is
+    #: two reads (job, allocations): 90 s keeps a running child under 2 Nomad requests a minute. A run not yet
+    #: started keeps WATCH_SAFETY (placement deadline).
+    WATCH_SAFETY_WATCHED = 90.0
     #: Seconds a wake-up waits so that many finishing steps share one pass.
     COALESCE = 0.05
-    #: Seconds between two listings of Nomad's allocations (changes seen in between wait for the next).
+    #: Seconds between two listings of Nomad's allocations by passes run without a watcher (``run_pass``).
     ALLOC_LIST_EVERY = 0.2
+    #: The same while the service's Nomad watch is failing: the list is unfiltered (go-bexpr has no ``>``),
+    #: the whole namespace's allocations each time, so the safety poll is bounded to one every 2 s.
+    FALLBACK_LIST_EVERY = 2.0
 
     def _select_due(self, ctx: Context, *, use_watcher: bool = False) -> list[RunRecord]:
         """Runs to step this pass: not already stepping, due, and worth a look.
@@ -302,7 +311,8 @@ class Reconciler:
             live = self._watch_live and use_watcher
             if live:
                 changes = {job: statuses for job, (_, statuses) in self._job_changes.items()}
-        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= self.ALLOC_LIST_EVERY:
+        every = self.FALLBACK_LIST_EVERY if use_watcher else self.ALLOC_LIST_EVERY
+        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= every:
             try:
                 index, listed_jobs = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
                 changes = {job: {"listed"} for job in listed_jobs}  # status unknown: always worth a look
@@ -326,15 +336,20 @@ class Reconciler:
             if statuses is not None:
                 settled.add(r.nomad_job_id or "")
             safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
-            if changes is None or last is None or named or mono - last >= safety:
+            timed_out = mono >= self._timeout_due.get(r.id, float("inf"))
+            # a run back from a backoff (or a requeue it asked for) is looked at: the change that made its
+            # failed step happen was consumed by that step
+            retry = r.next_try_at is not None
+            if changes is None or last is None or named or timed_out or retry or mono - last >= safety:
                 self._last_watch[r.id] = mono
                 due.append(r)
         if live:
             with self._steps_lock:
                 # what was looked at (or needs no look) is forgotten; a change of a run being stepped right
-                # now stays for the next pass, and a change of no run of ours ages out
+                # now, or waiting out a backoff, stays until it is looked at; a change of no run of ours ages out
+                # (after the safety look's interval: a run in backoff is not listed, yet its change must survive)
                 for job_id in list(self._job_changes):
-                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY:
+                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY_WATCHED:
                         del self._job_changes[job_id]
         if ctx.head is not None:
             free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
@@ -347,7 +362,23 @@ class Reconciler:
         due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
         listed = {r.id: r.state for r in due}
-        return [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
+        chosen = [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
+        self._note_timeouts(chosen, {r.id for r in watched} | busy, now, mono)
+        return chosen
+
+    def _note_timeouts(self, chosen: list[RunRecord], keep: set[str], now: float, mono: float) -> None:
+        """When each started run's timeout falls due (monotonic), so a live watch need not poll for it;
+        runs no longer watched (nor being stepped) are forgotten."""
+        for run in chosen:
+            if run.state == State.RUNNING and run.started_at:
+                try:
+                    ends = parse_rfc3339(run.started_at) + int(run.timeout_minutes or 60) * 60 + TIMEOUT_GRACE + 1.0
+                except ValueError:
+                    continue
+                self._timeout_due[run.id] = mono + max(0.0, ends - now)
+        keep = keep | {run.id for run in chosen}
+        for run_id in [k for k in self._timeout_due if k not in keep]:
+            del self._timeout_due[run_id]
 
     def _step_done(self, run_id: str) -> None:
         with self._steps_lock:
@@ -367,6 +398,20 @@ class Reconciler:
             for job_id, statuses in jobs.items():
                 seen, known = self._job_changes.get(job_id, (now, set()))
                 self._job_changes[job_id] = (seen, known | statuses)
+
+    def nomad_watch_state(self, state: str, why: str | None) -> None:
+        """From the watcher: the Nomad watch is ``live`` or ``failing`` (``why``): a metric and a line of `status`."""
+        if state in ("live", "failing"):
+            self.ctx.observe("nomad_watch", state == "live")
+        record = {"state": state, "since": self.ctx.now(), "why": why}
+        if state == "failing":
+            record["fallback"] = (
+                f"listing allocations every {self.FALLBACK_LIST_EVERY:g} s and looking at every in-flight run every {self.WATCH_SAFETY:g} s"
+            )
+        try:
+            self.ctx.store.set_value("nomad_watch", json.dumps(record))
+        except Exception:  # the store being busy must not stop the watcher thread
+            log.exception("could not record the Nomad watch state")
 
     def remote_changed(self, head: str | None = None) -> None:
         """The ops remote's head moved (to ``head``): fetch at the next pass - unless it is our own
@@ -390,9 +435,13 @@ class Reconciler:
                 if after == before or after not in STEPS or after in (State.DISPATCHED,) or before in (State.DISPATCHED, State.RUNNING):
                     break  # a watch step already decided on what it saw: looking again at once would see the same
                 step = step_for(current)
+            done: dict[str, Any] = {}
             if current.failures:
-                # the step went through: the backoff counts consecutive failures only
-                ctx.store.update(run.id, {"failures": 0})
+                done["failures"] = 0  # the step went through: the backoff counts consecutive failures only
+            if current.next_try_at and current.next_try_at == run.next_try_at:
+                done["next_try_at"] = None  # the retry it waited for happened (a step's own requeue is kept)
+            if done:
+                ctx.store.update(run.id, done)
             return None
         except StaleState:
             return None
@@ -436,7 +485,12 @@ class Reconciler:
         # challenge, the authenticated ref advertisement, an upload-pack process on the forge).
         local = getattr(self.ctx.ops, "remote_is_local", True)
         watchers = Watchers(
-            self.ctx.nomad, self.ctx.ops, self.wake, on_remote=self.remote_changed, on_allocations=self.allocations_changed,
+            self.ctx.nomad,
+            self.ctx.ops,
+            self.wake,
+            on_remote=self.remote_changed,
+            on_allocations=self.allocations_changed,
+            on_state=self.nomad_watch_state,
             remote_poll=1.0 if local else None,
         ).start()
         try:
@@ -445,6 +499,7 @@ class Reconciler:
             watchers.stop()
             with self._steps_lock:
                 self._watch_live = False
+            self.nomad_watch_state("stopped", None)
 
     def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
         last_standby = ""

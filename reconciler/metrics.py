@@ -83,13 +83,15 @@ class Metrics:
         self._result_push_failures = Counter(
             "reconciler_result_push_failures", "Result pushes to the ops remote that failed (after their retries).", registry=r,
         )
-        self._watch_up = Gauge(
-            "reconciler_watch_up", "1 while a watch (nomad allocations, ops remote) works, 0 while it fails.", ["watch"], registry=r,
-        )
         for system in ("nomad", "vault", "forge", "git"):
             self._external_errors.labels(system=system)  # exported at 0 from the start, so alerts and panels see it
-        for watch in ("nomad", "remote"):
-            self._watch_up.labels(watch=watch).set(1)
+        self._nomad_watch = Gauge(
+            "reconciler_nomad_watch_live",
+            "1 while the Nomad event stream is followed; 0 while it fails and the loop polls instead.", registry=r,
+        )
+        self._nomad_watch_failures = Counter(
+            "reconciler_nomad_watch_failures", "Times the Nomad watch started failing (one per failure streak).", registry=r,
+        )
         for state in State:
             self._runs.labels(state=state.value).set(0)
             if state.value != "reported":
@@ -138,14 +140,17 @@ class Metrics:
                 at = since.get(state.value)
                 self._oldest.labels(state=state.value).set(max(0.0, now - at) if at is not None else 0.0)
 
-    def set_watch_up(self, watch: str, up: bool) -> None:
-        self._watch_up.labels(watch=str(watch)).set(1 if up else 0)
-
     def revocation_failed(self) -> None:
         self._revocation_failures.inc()
 
     def result_push_failed(self) -> None:
         self._result_push_failures.inc()
+
+    def nomad_watch(self, live: bool) -> None:
+        """The Nomad watch is live (True) or has just started failing (False: one failure streak)."""
+        self._nomad_watch.set(1 if live else 0)
+        if not live:
+            self._nomad_watch_failures.inc()
 
     def set_leader(self, leader: bool) -> None:
         self._leader.set(1 if leader else 0)

@@ -2,10 +2,14 @@
 
 Two daemon threads call ``wake()`` when something the loop cares about moved:
 
-* **Nomad**: a blocking query on ``/v1/allocations?index=N&wait=...`` returns
-  as soon as any allocation changes (CONTRACTS.md: reads carry
-  ``X-Nomad-Index``), so a finished job is collected and reported about a
-  second after it ends;
+* **Nomad**: the namespace's event stream (``topic=Allocation&topic=Job``, see
+  :mod:`reconciler.clients.nomad_events`). It was chosen over blocking queries on
+  ``/v1/allocations`` because it is one long-lived connection that carries only what changed:
+  a blocking list answers with *every* allocation of the namespace at each change (go-bexpr has
+  no ``ModifyIndex > N``, so the server cannot trim it), which under a burst of a thousand
+  children is a thousand stubs per wake-up. After a drop the stream is resumed from the last
+  index seen; when the server's buffer no longer holds it (``EventStream.gap``), one unfiltered
+  allocation list compared client side names what changed meanwhile.
 * **the ops remote**: its head is polled (``git ls-remote``) every ``remote_poll``
   seconds, so a merged action starts within seconds. The loop polls only a local remote
   (``file://``, every second). A network one gets no poll (``remote_poll=None``): the pass
@@ -13,8 +17,10 @@ Two daemon threads call ``wake()`` when something the loop cares about moved:
   fetch - a ``GET info/refs`` answered 401, the same GET with the token, a protocol v2
   ``ls-refs`` POST, and one ``git upload-pack`` process on the forge (about 2 kB).
 
-Both are optimisations: the loop's timer stays as the safety net, and a watcher
-that fails only logs and backs off.
+A Nomad client without ``event_stream`` (test fakes) is watched with blocking queries instead.
+When the Nomad watch fails, ``on_allocations(None)`` tells the loop to fall back to its bounded
+safety poll, the failure is logged once at WARNING (not at every retry) and ``on_state`` hears
+``("failing", why)``; ``("live", None)`` when it is back.
 """
 
 from __future__ import annotations
@@ -27,6 +33,39 @@ from reconciler.clients.errors import PermanentError, TransientError
 
 log = logging.getLogger("reconciler.watch")
 
+FIRST_BACKOFF = 1.0
+"""Seconds before the first attempt to reopen a failed watch (doubling from there)."""
+MAX_BACKOFF = 30.0
+"""Seconds between two attempts to reopen a failing watch, at most."""
+
+
+def allocation_changes(events: tuple[dict[str, Any], ...]) -> dict[str, set[str]]:
+    """Jobs named by ``events``, with what they changed to.
+
+    Allocation events give the allocation's ``ClientStatus`` (``pending`` is left out: a placed,
+    not yet started allocation decides nothing). Job events count only when the job ended or
+    left: ``dead`` or ``deregistered`` (a child stopped or purged behind our back).
+    """
+    jobs: dict[str, set[str]] = {}
+    for ev in events:
+        payload = ev.get("Payload") or {}
+        if ev.get("Topic") == "Allocation":
+            alloc = payload.get("Allocation") or {}
+            status = str(alloc.get("ClientStatus") or "")
+            job_id = alloc.get("JobID")
+            if job_id and status and status != "pending":
+                jobs.setdefault(str(job_id), set()).add(status)
+        elif ev.get("Topic") == "Job":
+            job = payload.get("Job") or {}
+            job_id = job.get("ID") or ev.get("Key")
+            if not job_id:
+                continue
+            if ev.get("Type") == "JobDeregistered":
+                jobs.setdefault(str(job_id), set()).add("deregistered")
+            elif job.get("Status") == "dead":
+                jobs.setdefault(str(job_id), set()).add("dead")
+    return jobs
+
 
 class Watchers:
     def __init__(
@@ -37,6 +76,7 @@ class Watchers:
         *,
         on_remote: Callable[[str | None], None] | None = None,
         on_allocations: Callable[[dict[str, set[str]] | None], None] | None = None,
+        on_state: Callable[[str, str | None], None] | None = None,
         remote_poll: float | None = 1.0,
         nomad_wait: float = 30.0,
     ) -> None:
@@ -45,14 +85,24 @@ class Watchers:
         self._wake = wake
         self._on_remote = on_remote or (lambda head: wake())
         self._on_allocations = on_allocations
+        self._on_state = on_state
         self._remote_poll = remote_poll
         self._nomad_wait = nomad_wait
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._stream: Any = None
+        self._stream_lock = threading.Lock()
+        self.first_backoff = FIRST_BACKOFF
+        self._state: str | None = None
+        """None before the first answer, then "live" or "failing"."""
         self.wakeups = {"nomad": 0, "remote": 0}
+        self.failures = 0
+        """Failure streaks of the Nomad watch so far."""
 
     def start(self) -> "Watchers":
-        if hasattr(self._nomad, "wait_allocations"):
+        if hasattr(self._nomad, "event_stream"):
+            self._threads.append(threading.Thread(target=self._watch_events, name="watch-nomad", daemon=True))
+        elif hasattr(self._nomad, "wait_allocations"):
             self._threads.append(threading.Thread(target=self._watch_nomad, name="watch-nomad", daemon=True))
         if hasattr(self._ops, "remote_head") and self._remote_poll is not None:
             self._threads.append(threading.Thread(target=self._watch_remote, name="watch-remote", daemon=True))
@@ -62,12 +112,96 @@ class Watchers:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            stream.close()  # unblocks the reader thread's read
 
+    # -- health ------------------------------------------------------------------------------
+    def _live(self) -> None:
+        if self._state == "live":
+            return
+        if self._state == "failing":
+            log.info("Nomad watch is back: following changes as they happen again")
+        self._state = "live"
+        if self._on_state is not None:
+            self._on_state("live", None)
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        if self._state != "failing":
+            self._state = "failing"
+            self.failures += 1
+            log.warning(
+                "Nomad watch failed (%s); falling back to the safety poll, retrying every %.0f s at most", exc, MAX_BACKOFF
+            )
+            if self._on_state is not None:
+                self._on_state("failing", str(exc))
+        else:
+            log.debug("Nomad watch still failing (%s); retrying in %.0f s", exc, backoff)
+        if self._on_allocations is not None and not self._stop.is_set():
+            self._on_allocations(None)
+
+    def _changed(self, jobs: dict[str, set[str]]) -> None:
+        if self._on_allocations is not None and not self._stop.is_set():
+            self._on_allocations(jobs)
+        if jobs:
+            self.wakeups["nomad"] += 1
+            self._wake()
+
+    # -- the event stream ------------------------------------------------------------------------
+    def _watch_events(self) -> None:
+        last = 0
+        backoff = self.first_backoff
+        while not self._stop.is_set():
+            try:
+                stream = self._nomad.event_stream(last)
+                with self._stream_lock:
+                    self._stream = stream
+                if self._stop.is_set():
+                    stream.close()
+                    return
+                for frame in stream:
+                    if self._stop.is_set():
+                        return
+                    backoff = self.first_backoff
+                    if frame.index is None:  # a heartbeat: the stream is alive
+                        self._live()
+                        self._changed({})
+                        continue
+                    if frame.index <= last:
+                        continue  # the resume frame, delivered again
+                    jobs = allocation_changes(frame.events)
+                    if stream.gap:
+                        stream.gap = False
+                        jobs = self._catch_up(last, jobs)
+                    last = frame.index
+                    self._live()
+                    self._changed(jobs)
+            except (TransientError, PermanentError) as exc:
+                if self._stop.is_set():
+                    return
+                self._failed(exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            finally:
+                with self._stream_lock:
+                    self._stream = None
+
+    def _catch_up(self, since: int, jobs: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Events after ``since`` left the server's buffer while we were away: one list names the jobs that moved."""
+        log.info("Nomad event stream resumed past a gap after index %d: listing allocations once", since)
+        _, listed = self._nomad.allocation_changes(since)
+        merged = {job: set(statuses) for job, statuses in jobs.items()}
+        for job in listed:
+            merged.setdefault(job, set()).add("listed")
+        return merged
+
+    # -- blocking queries (clients without an event stream) ------------------------------------------
     def _watch_nomad(self) -> None:
         """``on_allocations`` hears the jobs whose allocations changed (with the statuses they changed to),
         or None while the watch is failing (the loop then lists allocations itself)."""
         index = 0
-        backoff = 1.0
+        backoff = self.first_backoff
         changes = getattr(self._nomad, "wait_allocation_changes", None)
         while not self._stop.is_set():
             try:
@@ -75,14 +209,13 @@ class Watchers:
                     new, jobs = changes(index, self._nomad_wait)
                 else:
                     new, jobs = self._nomad.wait_allocations(index, self._nomad_wait), {}
-                backoff = 1.0
+                backoff = self.first_backoff
             except (TransientError, PermanentError) as exc:
-                log.debug("allocation watch failed (%s); retrying in %.0f s", exc, backoff)
-                if self._on_allocations is not None and not self._stop.is_set():
-                    self._on_allocations(None)
+                self._failed(exc, backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
+            self._live()
             if self._on_allocations is not None and changes is not None and not self._stop.is_set():
                 self._on_allocations(jobs)
             if index and new != index:

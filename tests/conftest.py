@@ -22,6 +22,25 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
+@pytest.fixture(autouse=True)
+def _nomad_refuses_nothing_we_send(request):
+    """Every test on a local factory: no request got a 400 (or a 501) from the strict Nomad double.
+
+    A real Nomad refuses what the double refuses (go-bexpr filters, bad indexes, bad topics): a 400 here
+    is a request that would fail on a real cluster. A test that provokes one on purpose says so with
+    ``@pytest.mark.nomad_refusal_expected``.
+    """
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    nomad = request.getfixturevalue("cluster").nomad
+    before = len(nomad.malformed)
+    yield
+    refused = nomad.malformed[before:]
+    if refused and request.node.get_closest_marker("nomad_refusal_expected") is None:
+        pytest.fail(f"the Nomad double refused {len(refused)} request(s) as malformed: {refused[:5]}")
+
+
 class Harness:
     """A reconciler over ``cluster`` with its own store and clone."""
 

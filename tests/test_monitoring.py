@@ -64,7 +64,7 @@ def running(cluster, tmp_path_factory):
 
 def test_alerts_and_panels_name_metrics_the_rules_file_and_dashboard_agree_on():
     names = named_metrics()
-    assert {"reconciler_leader", "reconciler_run_oldest_age_seconds", "reconciler_watch_up",
+    assert {"reconciler_leader", "reconciler_run_oldest_age_seconds", "reconciler_nomad_watch_live",
             "reconciler_result_push_failures_total", "reconciler_claim_revocation_failures_total"} <= names
 
 

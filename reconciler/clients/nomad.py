@@ -15,6 +15,8 @@ this module follows the server:
   ``os.environ`` for any argument left empty, and disables TLS verification by default.
   The client pins the settings it was given on every endpoint object instead.
 * **Blocking queries** get a timeout longer than their ``wait`` (python-nomad's default is 5 s).
+* **List filters are go-bexpr** (no ``>``): "what changed since index N" is an unfiltered list
+  compared client side, or the event stream (:meth:`NomadClient.event_stream`).
 * **Errors are classified by message, not status** (:func:`classify`): almost every write
   failure is an HTTP 500; "no leader" is transient, "parameterized job not found" is not.
 
@@ -39,6 +41,7 @@ from nomad.api.exceptions import BaseNomadException
 
 from reconciler.clients.errors import ConflictError, NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.clients.http import pooled_session
+from reconciler.clients.nomad_events import EVENT_HEARTBEAT, TOPICS, EventStream
 from reconciler.settings import NomadSettings
 from reconciler.tls import TLSConfig, ssl_problem
 
@@ -352,12 +355,12 @@ class NomadClient:
     def allocation_changes(self, index: int) -> tuple[int, set[str]]:
         """Jobs whose allocations changed after ``index`` (one non-blocking list), and the new index.
 
-        Lets the loop look only at the children that moved instead of polling every one.
+        Lets the loop look only at the children that moved instead of polling every one. The list is
+        unfiltered and the ``ModifyIndex`` comparison is ours: go-bexpr has no ``>``, and a real Nomad
+        answers ``filter=ModifyIndex > N`` with a 400 (go-bexpr ``grammar/grammar.peg``; Nomad
+        ``nomad/state/paginator/paginator.go``).
         """
-        params = {"task_states": "false"}
-        if index > 0:  # only what changed since: a burst of a thousand children is not listed again each time
-            params["filter"] = f"ModifyIndex > {int(index)}"
-        resp = self._raw("list allocations", self._nomad.allocations, method="get", params=params)
+        resp = self._raw("list allocations", self._nomad.allocations, method="get", params={"task_states": "false"})
         new_index = int(resp.headers.get("X-Nomad-Index") or index)
         changed = {str(a.get("JobID")) for a in resp.json() or [] if int(a.get("ModifyIndex") or 0) > index}
         return new_index, changed
@@ -407,11 +410,12 @@ class NomadClient:
 
     def wait_allocation_changes(self, index: int, wait_seconds: float) -> tuple[int, dict[str, set[str]]]:
         """Block until any allocation changes past ``index`` (or ``wait_seconds`` pass): the new index
-        and, for each job whose allocations changed, the client statuses they changed to (the filter
-        keeps the answer to those).
+        and, for each job whose allocations changed, the client statuses they changed to.
 
-        An allocation only placed (``pending``) is left out: nothing about its run can be decided
-        yet, and the loop still looks at every watched run now and then (deadlines, lost children).
+        The blocking list is unfiltered and the ``ModifyIndex > index`` comparison is done here (a
+        real Nomad refuses that filter with 400). An allocation only placed (``pending``) is left
+        out: nothing about its run can be decided yet. The reconciler's own watch is the event
+        stream (:meth:`event_stream`); this remains for callers that want one blocking read.
         """
         wait = max(1, int(wait_seconds))
         timeout = wait + wait / 16 + self.settings.timeout  # the server adds up to wait/16 of jitter
@@ -420,7 +424,7 @@ class NomadClient:
             "watch allocations",
             self._nomad.allocations,
             method="get",
-            params={"index": since, "wait": f"{wait}s", "task_states": "false", "filter": f"ModifyIndex > {since}"},
+            params={"index": since, "wait": f"{wait}s", "task_states": "false"},
             timeout=timeout,
         )
         new_index = int(resp.headers.get("X-Nomad-Index") or index)
@@ -433,6 +437,25 @@ class NomadClient:
         except ValueError:
             changed = {}
         return new_index, changed
+
+    def event_stream(self, index: int) -> EventStream:
+        """Open the namespace's ``Allocation`` and ``Job`` event stream from ``index`` (see :mod:`.nomad_events`).
+
+        One connection serves every child; the read timeout is the server's heartbeat period plus
+        slack, so a stream that went silent is noticed as a drop. Opening fails like any read
+        (TransientError, PermanentError for 400/403); iterating raises TransientError on a drop.
+        """
+        params = {"topic": list(TOPICS), "namespace": self.settings.namespace, "index": max(0, int(index))}
+        read_timeout = EVENT_HEARTBEAT + max(5.0, self.settings.timeout)
+        resp = self._lib(
+            "open the event stream",
+            self._nomad.event.stream.request,
+            method="get",
+            params=params,
+            stream=True,
+            timeout=(self.settings.timeout, read_timeout),
+        )
+        return EventStream(resp, max(0, int(index)), system=SYSTEM)
 
     # -- writes --------------------------------------------------------------------------------
 

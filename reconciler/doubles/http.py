@@ -185,6 +185,9 @@ class DoubleServer:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.faults = Faults()
         self.calls: list[Request] = []
+        self.malformed: list[tuple[str, str, int, str]] = []
+        """``(method, path, status, body)`` of every 400 or 501 answered: a request the real server refuses as
+        malformed, or one relying on what the double does not implement (tests assert the client sends none)."""
         self._calls_lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._make_handler())
         self._httpd.daemon_threads = True
@@ -275,6 +278,9 @@ class DoubleServer:
         if kind == "drop":
             raise _DropConnection()
         resp = self._apply(req)
+        if resp.status in (400, 501):
+            with self._calls_lock:
+                self.malformed.append((req.method, req.path, resp.status, resp.body[:300].decode("utf-8", "replace")))
         if kind == "apply-then-drop":
             raise _DropConnection()
         hold = self.faults._take_hold(req)

@@ -522,8 +522,12 @@ class NomadDouble(DoubleServer):
         """Seconds a tokened dispatch waits for a concurrent one while ``race_drop_second`` is set."""
         self.simulate: SimulateHook = lambda job: (0.1, 0, "ok\n")
         """Mode ``simulate``: ``job -> (duration seconds, exit code, stdout)``."""
-        self.event_heartbeat = 10.0
-        """Seconds between ``{}`` heartbeats of the event stream."""
+        self.event_heartbeat = 30.0
+        """Seconds between ``{}`` heartbeats of the event stream (``nomad/event_endpoint.go``: 30 s)."""
+        self.event_buffer_size = 100
+        """Indexes the event buffer keeps (``nomad/config.go`` ``EventBufferSize``, default 100)."""
+        self.event_stream_cut = False
+        """Fault injection: while set, every open event stream is cut and new ones are refused (500)."""
         self.node_id = _new_id()
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nomad-double-"))
@@ -545,7 +549,9 @@ class NomadDouble(DoubleServer):
         self._orphans: list[TaskHandle] = []
         self._scripts: list[_Script] = []
         self._inflight: dict[tuple[str, str, str], threading.Event] = {}
-        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=50_000)
+        self._event_frames: collections.deque[tuple[int, list[dict[str, Any]]]] = collections.deque()
+        self._events_pruned_upto = 0
+        """The highest index whose frame has left the event buffer."""
         self._vars = _Variables(self._next_index)
         self._timers = TimerQueue()
         # Headers and body go out in separate writes; with Nagle's algorithm and delayed
@@ -1123,12 +1129,13 @@ class NomadDouble(DoubleServer):
         ns = self._ns(req)
         prefix = req.arg("prefix") or ""
         meta = _bool_arg(req.arg("meta"))
+        kept = self._list_filter(req)  # evaluated on the job itself, as Job.List's paginator does
 
         def compute() -> tuple[Any, int]:
             stubs = [
                 self._stub(key, job, meta)
                 for key, job in sorted(self._jobs.items())
-                if (ns == "*" or key[0] == ns) and key[1].startswith(prefix)
+                if (ns == "*" or key[0] == ns) and key[1].startswith(prefix) and kept(job)
             ]
             return stubs, self._table_index["jobs"]
 
@@ -1938,15 +1945,12 @@ class NomadDouble(DoubleServer):
         prefix = req.arg("prefix") or ""
         task_states = req.arg("task_states")
         with_states = task_states is None or _bool_arg(task_states)
-        try:
-            keep = compile_filter(req.arg("filter"))
-        except FilterError as exc:
-            raise _Fail(exc.status, str(exc)) from None
+        kept = self._list_filter(req)
 
         def compute() -> tuple[Any, int]:
             out = []
             for alloc in self._allocs.values():
-                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix) and (keep is None or keep(alloc.data)):
+                if (ns == "*" or alloc.key[0] == ns) and alloc.id.startswith(prefix) and kept(alloc.data):
                     data = dict(alloc.data)
                     if not with_states:
                         data["TaskStates"] = None
@@ -1955,6 +1959,23 @@ class NomadDouble(DoubleServer):
             return out, self._table_index["allocs"]
 
         return self._blocking(req, compute, index_of=lambda: self._table_index["allocs"])
+
+    @staticmethod
+    def _list_filter(req: Request) -> Callable[[dict[str, Any]], bool]:
+        """``filter=`` of a paginated list (``nomad/state/paginator/paginator.go``): a go-bexpr predicate on
+        the listed object; a bad expression is a 400 before any wait, an evaluation error a 400 too."""
+        try:
+            keep = compile_filter(req.arg("filter"))
+        except FilterError as exc:
+            raise _Fail(exc.status, str(exc)) from None
+
+        def kept(data: dict[str, Any]) -> bool:
+            try:
+                return keep is None or keep(data)
+            except FilterError as exc:  # the expression cannot be evaluated on this object
+                raise _Fail(exc.status, str(exc)) from None
+
+        return kept
 
     def _h_alloc_read(self, req: Request) -> Response:
         alloc_id = req.params["id"]
@@ -2100,11 +2121,12 @@ class NomadDouble(DoubleServer):
 
     def _h_vars_list(self, req: Request) -> Response:
         ns, prefix = self._ns(req), req.arg("prefix") or ""
+        kept = self._list_filter(req)
 
         acl = getattr(req, "acl", None)
 
         def compute() -> tuple[Any, int]:
-            listing = self._vars.listing(ns, prefix)
+            listing = [v for v in self._vars.listing(ns, prefix) if kept(v)]
             if acl is not None:  # nomad/variables_endpoint.go List: only what the token may list
                 listing = [v for v in listing if acl.allow_variable(v["Namespace"], v["Path"], "list")]
             return listing, self._vars.index
@@ -2122,17 +2144,24 @@ class NomadDouble(DoubleServer):
         elif topic == "Evaluation":
             filter_keys = [payload["Evaluation"]["JobID"]]
         # The payload is serialized now (a snapshot of this moment), and spliced in when streamed.
-        self._events.append(
-            {
-                "Topic": topic,
-                "Type": kind,
-                "Key": key,
-                "Namespace": ns,
-                "FilterKeys": filter_keys,
-                "Index": index,
-                "_payload": json.dumps(payload, default=str),
-            }
-        )
+        event = {
+            "Topic": topic,
+            "Type": kind,
+            "Key": key,
+            "Namespace": ns,
+            "FilterKeys": filter_keys,
+            "Index": index,
+            "_payload": json.dumps(payload, default=str),
+        }
+        # One buffer item per raft index (nomad/stream/event_buffer.go), the oldest dropped past the size.
+        with self._cond:  # re-entrant: callers may hold the lock already
+            if self._event_frames and self._event_frames[-1][0] == index:
+                self._event_frames[-1][1].append(event)
+            else:
+                self._event_frames.append((index, [event]))
+                while len(self._event_frames) > max(1, self.event_buffer_size):
+                    self._events_pruned_upto = self._event_frames.popleft()[0]
+            self._cond.notify_all()
 
     @staticmethod
     def _event_json(ev: dict[str, Any]) -> str:
@@ -2141,10 +2170,13 @@ class NomadDouble(DoubleServer):
 
     @staticmethod
     def _topic_filter(values: list[str]) -> Callable[[dict[str, Any]], bool]:
+        """``topic=T`` or ``topic=T:key`` (``command/agent/event_endpoint.go`` ``parseEventTopics``); none: all."""
         wanted: dict[str, set[str]] = {}
         for value in values or ["*"]:
-            topic, _, key = value.partition(":")
-            wanted.setdefault(topic, set()).add(key or "*")
+            parts = value.split(":")
+            if len(parts) > 2:
+                raise _Fail(400, f"Invalid topic query: error parsing topics: Invalid key value pair for topic, topic: {value}")
+            wanted.setdefault(parts[0], set()).add(parts[1] if len(parts) == 2 else "*")
 
         def match(ev: dict[str, Any]) -> bool:
             keys = wanted.get(ev["Topic"]) or wanted.get("*")
@@ -2155,41 +2187,52 @@ class NomadDouble(DoubleServer):
         return match
 
     def _h_event_stream(self, req: Request) -> Response:
+        """The event stream (``command/agent/event_endpoint.go``, ``nomad/event_endpoint.go``, ``nomad/stream/*.go``).
+
+        A ``{}`` heartbeat at once and then every ``event_heartbeat`` seconds; ``index=I`` starts at the
+        buffered frame of index ``I`` (delivered again) or the oldest still buffered (``StartAtClosest``),
+        ``index=0`` at the oldest; a reader whose next frame has left the buffer is cut off ("event dropped
+        from buffer"). Only the namespace's events, only frames with a matching event.
+        """
         match = self._topic_filter(req.query.get("topic", []))
         ns = self._ns(req)
+        raw = req.arg("index") or "0"
         try:
-            start = int(req.arg("index") or 0)
+            start = int(raw)
         except ValueError:
-            raise _Fail(400, "Invalid index") from None
+            raise _Fail(400, f'Unable to parse index: strconv.Atoi: parsing "{raw}": invalid syntax') from None
+        if self.event_stream_cut:
+            raise _Fail(500, "rpc error: EOF")
 
         def frames() -> Iterator[bytes]:
-            seen = start
+            with self._cond:
+                seen = max(start - 1, self._events_pruned_upto)
+            yield b"{}\n"
             next_beat = time.monotonic() + self.event_heartbeat
             while True:
                 with self._cond:
                     while True:
-                        if self._closing:
+                        if self._closing or self.event_stream_cut:
                             return
-                        newer: list[dict[str, Any]] = []
-                        for ev in reversed(self._events):
-                            if ev["Index"] <= seen:
-                                break
-                            newer.append(ev)
+                        if self._events_pruned_upto > seen:
+                            return  # this reader fell behind the buffer: Nomad ends its subscription
+                        newer = [f for f in self._event_frames if f[0] > seen]
                         if newer:
-                            seen = newer[0]["Index"]
-                        batch = [e for e in reversed(newer) if (ns == "*" or e["Namespace"] == ns) and match(e)]
-                        if batch or time.monotonic() >= next_beat:
+                            seen = newer[-1][0]
+                        batch = []
+                        for index, events in newer:
+                            kept = [e for e in events if (ns == "*" or e["Namespace"] == ns) and match(e)]
+                            if kept:
+                                batch.append((index, kept))
+                        beat = time.monotonic() >= next_beat
+                        if batch or beat:
                             break
                         self._cond.wait(min(max(next_beat - time.monotonic(), 0.01), 0.5))
-                next_beat = time.monotonic() + self.event_heartbeat
-                if not batch:
-                    yield b"{}\n"
-                    continue
-                by_index: dict[int, list[dict[str, Any]]] = {}
-                for ev in batch:
-                    by_index.setdefault(ev["Index"], []).append(ev)
-                for index, events in by_index.items():
+                for index, events in batch:
                     body = ", ".join(self._event_json(e) for e in events)
                     yield f'{{"Index": {index}, "Events": [{body}]}}\n'.encode()
+                if beat:
+                    next_beat += self.event_heartbeat  # a ticker: events do not move it
+                    yield b"{}\n"
 
         return StreamingResponse(frames(), headers={"Content-Type": "application/json"})

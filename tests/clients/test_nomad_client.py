@@ -269,6 +269,41 @@ def test_allocation_changes_name_the_jobs_that_moved_past_an_index(client: Nomad
     moved, jobs = client.wait_allocation_changes(index, 1)
     assert moved == later and jobs == {second.job_id: {"running"}}  # with the status it changed to
     assert client.wait_allocation_changes(later, 1) == (later, {})  # nothing since: the wait ran out
+    # go-bexpr has no ">": the lists go unfiltered and the comparison is the client's (a real Nomad answers 400)
+    listed = double.calls_to("GET", "/v1/allocations")
+    assert listed and all("filter" not in c.query for c in listed)
+    assert double.malformed == []
+
+
+def test_event_stream_follows_the_namespace_and_resumes_from_an_index(client: NomadClient, double: NomadDouble) -> None:
+    """One connection for every child: the child's allocation events arrive; a resume starts at its index."""
+    from reconciler.watchers import allocation_changes
+
+    double.simulate = lambda job: (0.2, 0, "")
+    stream = client.event_stream(0)
+    frames = iter(stream)
+    assert next(frames).index is None  # the server's first heartbeat: the stream is open
+    child = dispatch(client).job_id
+    seen: dict[str, set[str]] = {}
+    last = 0
+    deadline = time.monotonic() + 10
+    while "complete" not in seen.get(child, set()) and time.monotonic() < deadline:
+        frame = next(frames)
+        if frame.index is not None:
+            last = frame.index
+            for job, statuses in allocation_changes(frame.events).items():
+                seen.setdefault(job, set()).update(statuses)
+    stream.close()
+    assert "complete" in seen.get(child, set())
+    opened = double.calls_to("GET", "/v1/event/stream")[-1]
+    assert opened.query["topic"] == ["Allocation", "Job"] and opened.query["namespace"] == ["runners"]
+
+    resumed = client.event_stream(last)
+    frames = iter(resumed)
+    assert next(frames).index is None
+    again = next(frames)
+    assert again.index == last and not resumed.gap  # the resume frame comes again: nothing was lost
+    resumed.close()
 
 
 # ----------------------------------------------------------------------------- jobspecs

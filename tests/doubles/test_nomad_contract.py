@@ -229,33 +229,87 @@ def test_blocking_queries_on_allocations_wake_on_allocation_changes(double: Noma
     assert int(job_reply.headers["X-Nomad-Index"]) == job_reply.json()["ModifyIndex"]
 
 
-def test_allocation_list_filter_keeps_what_changed_and_refuses_what_it_cannot_read(double: NomadDouble) -> None:
-    """``filter=`` (go-bexpr) on /v1/allocations: only matching stubs; the index stays the table's."""
+def test_allocation_list_filter_is_go_bexpr_without_relational_operators(double: NomadDouble) -> None:
+    """``filter=`` on /v1/allocations is go-bexpr v0.1.16 (``grammar/grammar.peg``, ``evaluate.go``): no ``>``.
+
+    ``nomad/state/paginator/paginator.go`` wraps the parse error ("failed to read filter
+    expression"), ``nomad/alloc_endpoint.go`` makes it a coded 400 "failed to create result
+    paginator: ...", and ``command/agent/http.go`` writes that status and text - at once, even on a
+    blocking query.
+    """
     register(double, parent_hcl(code="import time; time.sleep(30)"))
     first = dispatch(double, "work").json()["DispatchedJobID"]
     assert double.wait_until(lambda: len(double.allocations_of(first)) == 1, 5)
-    index = int(raw(double, "GET", "/v1/allocations").headers["X-Nomad-Index"])
     second = dispatch(double, "work").json()["DispatchedJobID"]
     assert double.wait_until(lambda: len(double.allocations_of(second)) == 1, 5)
 
-    newer = raw(double, "GET", "/v1/allocations", params={"filter": f"ModifyIndex > {index}", "task_states": "false"})
-    assert newer.status_code == 200
-    assert {a["JobID"] for a in newer.json()} == {second}
-    assert int(newer.headers["X-Nomad-Index"]) > index
-    by_job = raw(double, "GET", "/v1/allocations", params={"filter": f'JobID == "{first}" and ClientStatus != "failed"'})
-    assert [a["JobID"] for a in by_job.json()] == [first]
+    def matching(expression: str) -> set[str]:
+        reply = raw(double, "GET", "/v1/allocations", params={"filter": expression, "task_states": "false"})
+        assert reply.status_code == 200, (expression, reply.text)
+        return {a["JobID"] for a in reply.json()}
 
-    # a blocking query with a filter still wakes on the table's index, and answers only the matches
-    now = int(newer.headers["X-Nomad-Index"])
+    both = {first, second}
+    assert matching(f'JobID == "{first}"') == {first}
+    assert matching(f'JobID != "{first}"') == {second}
+    assert matching(f"JobID == `{second}`") == {second}  # raw string literal
+    assert matching(f'JobID == "{first}" or JobID == "{second}"') == both
+    assert matching(f'not (JobID == "{first}")') == {second}
+    assert matching(f'(JobID == "{first}" and ClientStatus != failed)') == {first}  # an unquoted value is a word
+    assert matching('JobID contains "dispatch-"') == both
+    assert matching('JobID not contains "dispatch-"') == set()
+    assert matching('JobID matches "^work/dispatch-[0-9]+-"') == both
+    assert matching('JobID not matches "^work/"') == set()
+    assert matching('"dispatch" in JobID') == both  # Value in Selector: substring of a string
+    assert matching('"dispatch" not in JobID') == set()
+    assert matching("JobID is not empty and NextAllocation is empty and DesiredTransition is empty") == both
+    group = double.allocations_of(first)[0]["TaskGroup"]
+    assert matching(f'TaskGroup == "{group}" and Namespace == "default"') == both
+    index_of_first = double.allocations_of(first)[0]["CreateIndex"]
+    assert matching(f"CreateIndex == {index_of_first}") == {first}  # the literal is coerced to the field's type
+    # a key missing from a map is "not present" (NotPresentDisposition), not an error
+    assert matching('TaskStates["no-such-task"] == "x"') == set()
+    assert matching('TaskStates["no-such-task"] is empty') == both
+
+    # no relational operators, and no other malformed input: 400 with Nomad's message, at once
+    now = int(raw(double, "GET", "/v1/allocations").headers["X-Nomad-Index"])
+    for expression, position in (("ModifyIndex > 5", "1:13 (12)"), ("ModifyIndex >= 5", "1:13 (12)"), ("CreateIndex < 9", "1:13 (12)")):
+        started = time.monotonic()
+        refused = raw(double, "GET", "/v1/allocations", params={"index": now, "wait": "5s", "filter": expression})
+        assert time.monotonic() - started < 1
+        assert refused.status_code == 400
+        assert refused.text.startswith(
+            f"failed to create result paginator: failed to read filter expression: {position}: no match found"
+        ), refused.text
+    for expression, rule in (("(JobID == x", "grouping"), ('JobID == "x', "string"), ("CreateIndex == 5x", "number")):
+        refused = raw(double, "GET", "/v1/allocations", params={"filter": expression})
+        assert refused.status_code == 400 and f"rule {rule}:" in refused.text, refused.text
+    for expression in ("JobID === 1", "JobID == 1 and", "and JobID == 1", "JobID", "JobID == 1 xor JobID == 2"):
+        refused = raw(double, "GET", "/v1/allocations", params={"filter": expression})
+        assert refused.status_code == 400 and "failed to read filter expression" in refused.text, expression
+    # well-formed but unevaluable on an allocation: the paginator's page error, also a 400
+    bad_field = raw(double, "GET", "/v1/allocations", params={"filter": "NoSuchField == 1"})
+    assert bad_field.status_code == 400 and bad_field.text.startswith("failed to read result page: error finding value in datum")
+    not_a_number = raw(double, "GET", "/v1/allocations", params={"filter": "CreateIndex == abc"})
+    assert not_a_number.status_code == 400 and "error getting match value" in not_a_number.text
+    # collection expressions are go-bexpr the double does not evaluate: 501 naming them
+    collection = raw(double, "GET", "/v1/allocations", params={"filter": "any TaskStates as t { t is empty }"})
+    assert collection.status_code == 501 and "collection expressions" in collection.text
+
+    # the other paginated lists take the same language: jobs (on the job) and variables (on their metadata)
+    jobs = raw(double, "GET", "/v1/jobs", params={"filter": f'ParentID == "work" and ID != "{first}"'})
+    assert jobs.status_code == 200 and [j["ID"] for j in jobs.json()] == [second]
+    assert raw(double, "GET", "/v1/jobs", params={"filter": "ModifyIndex > 1"}).status_code == 400
+    raw(double, "PUT", "/v1/var/team/a", json={"Path": "team/a", "Items": {"k": "v"}})
+    raw(double, "PUT", "/v1/var/team/b", json={"Path": "team/b", "Items": {"k": "v"}})
+    variables = raw(double, "GET", "/v1/vars", params={"filter": 'Path matches "/b$"'})
+    assert variables.status_code == 200 and [v["Path"] for v in variables.json()] == ["team/b"]
+    assert raw(double, "GET", "/v1/vars", params={"filter": "CreateIndex >= 0"}).status_code == 400
+
+    # a valid filter on a blocking query wakes on the table's index and answers only the matches
     threading.Timer(0.2, lambda: double.stop_behind_back(first)).start()
-    woken = raw(double, "GET", "/v1/allocations", params={"index": now, "wait": "5s", "filter": f"ModifyIndex > {now}"})
+    woken = raw(double, "GET", "/v1/allocations", params={"index": now, "wait": "5s", "filter": f'JobID == "{first}"'})
     assert int(woken.headers["X-Nomad-Index"]) > now
     assert {a["JobID"] for a in woken.json()} == {first}
-
-    malformed = raw(double, "GET", "/v1/allocations", params={"filter": "ModifyIndex >>> 3"})
-    assert malformed.status_code == 400 and "filter expression" in malformed.text
-    unknown = raw(double, "GET", "/v1/allocations", params={"filter": 'JobID matches "x" or ModifyIndex > 1'})
-    assert unknown.status_code == 501 and "does not implement" in unknown.text
 
 
 # ----------------------------------------------------------------------------- errors
@@ -821,13 +875,30 @@ def test_variables_are_durable_and_listed_by_prefix(double: NomadDouble) -> None
 # ----------------------------------------------------------------------------- event stream
 
 
+def _stream(double: NomadDouble, params: list[tuple[str, Any]], *, want: int, timeout: float = 5) -> list[dict[str, Any]]:
+    """The first ``want`` messages (heartbeats included) of an event stream."""
+    out: list[dict[str, Any]] = []
+    with raw(double, "GET", "/v1/event/stream", params=params, stream=True, timeout=timeout) as resp:
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["Content-Type"] == "application/json"
+        for line in resp.iter_lines(chunk_size=1):
+            if line:
+                out.append(json.loads(line))
+            if len(out) >= want:
+                break
+    return out
+
+
 def test_event_stream_ndjson_with_heartbeats(double: NomadDouble) -> None:
+    """``nomad/stream/ndjson.go``: a ``{}`` as soon as the stream opens, then one per heartbeat period
+    (``nomad/event_endpoint.go``: ``NewJsonStream(ctx, 30*time.Second)``); frames ``{"Index", "Events"}``."""
+    assert double.event_heartbeat == 30.0  # the server's period; the test shortens it below
     double.event_heartbeat = 0.3
     register(double, parent_hcl())
     start_index = int(raw(double, "GET", "/v1/jobs").headers["X-Nomad-Index"])
     child = dispatch(double, "work").json()["DispatchedJobID"]
     wait_status(double, child, "dead")
-    seen_alloc, seen_job, heartbeat = False, False, False
+    seen_alloc, seen_job, heartbeats, first = False, False, 0, None
     with raw(
         double,
         "GET",
@@ -839,20 +910,67 @@ def test_event_stream_ndjson_with_heartbeats(double: NomadDouble) -> None:
         deadline = time.monotonic() + 5
         for line in resp.iter_lines():
             message = json.loads(line)
+            first = message if first is None else first
             if message == {}:
-                heartbeat = True
+                heartbeats += 1
             else:
                 assert set(message) == {"Index", "Events"}
                 for ev in message["Events"]:
                     assert {"Topic", "Type", "Key", "Namespace", "FilterKeys", "Index", "Payload"} <= set(ev)
+                    assert ev["Index"] == message["Index"]
                     if ev["Topic"] == "Allocation" and ev["Payload"]["Allocation"]["JobID"] == child:
                         seen_alloc = True
                     if ev["Topic"] == "Job" and ev["Key"] == child:
                         seen_job = seen_job or ev["Payload"]["Job"]["ID"] == child
                     assert ev["Topic"] in ("Allocation", "Job")
-            if (seen_alloc and seen_job and heartbeat) or time.monotonic() > deadline:
+            if (seen_alloc and seen_job and heartbeats >= 2) or time.monotonic() > deadline:
                 break
-    assert seen_alloc and seen_job and heartbeat
+    assert first == {}  # the initial heartbeat, before any frame
+    assert seen_alloc and seen_job and heartbeats >= 2
+
+
+def test_event_stream_resumes_at_its_index_inclusive_and_replays_the_buffer_from_zero(double: NomadDouble) -> None:
+    """``nomad/stream/event_broker.go`` ``Subscribe`` / ``event_buffer.go`` ``StartAtClosest``: ``index=I``
+    starts at the frame of index I itself; ``index=0`` at the oldest buffered frame."""
+    for name in ("a", "b", "c"):
+        register(double, parent_hcl(name))
+    topic = [("topic", "Job")]
+    replay = [m for m in _stream(double, topic + [("index", 0)], want=4) if m]
+    indexes = [m["Index"] for m in replay]
+    assert [m["Events"][0]["Key"] for m in replay] == ["a", "b", "c"] and indexes == sorted(indexes)
+    resumed = [m for m in _stream(double, topic + [("index", indexes[1])], want=3) if m]
+    assert [m["Index"] for m in resumed] == indexes[1:]  # the frame at the resume index comes again
+
+
+def test_event_stream_buffer_keeps_the_last_indexes_only(double: NomadDouble) -> None:
+    """``nomad/config.go`` ``EventBufferSize`` (100 by default): older frames are gone; a resume from
+    an index no longer buffered starts at the oldest one still there (``StartAtClosest``)."""
+    assert double.event_buffer_size == 100
+    double.event_buffer_size = 2
+    for name in ("a", "b", "c", "d"):
+        register(double, parent_hcl(name))
+    topic = [("topic", "Job")]
+    replay = [m for m in _stream(double, topic + [("index", 0)], want=3) if m]
+    assert [m["Events"][0]["Key"] for m in replay] == ["c", "d"]
+    from_old = [m for m in _stream(double, topic + [("index", 1)], want=3) if m]
+    assert [m["Events"][0]["Key"] for m in from_old] == ["c", "d"]
+
+
+def test_event_stream_topics_namespace_and_bad_queries(double: NomadDouble) -> None:
+    """Topics ``T`` and ``T:key`` and a 400 for more colons; a bad index is a 400
+    (``command/agent/event_endpoint.go``); only the asked namespace's events (``nomad/event_endpoint.go``)."""
+    register(double, parent_hcl("a"))
+    register(double, parent_hcl("b"))
+    only_b = [m for m in _stream(double, [("topic", "Job:b"), ("index", 0)], want=2) if m]
+    assert [ev["Key"] for m in only_b for ev in m["Events"]] == ["b"]
+    double.event_heartbeat = 0.3
+    elsewhere = _stream(double, [("topic", "Job"), ("namespace", "other"), ("index", 0)], want=2, timeout=3)
+    assert elsewhere == [{}, {}]  # heartbeats only: the jobs are in "default"
+    bad_topic = raw(double, "GET", "/v1/event/stream", params={"topic": "Job:a:b"})
+    assert bad_topic.status_code == 400
+    assert bad_topic.text == "Invalid topic query: error parsing topics: Invalid key value pair for topic, topic: Job:a:b"
+    bad_index = raw(double, "GET", "/v1/event/stream", params={"index": "x"})
+    assert bad_index.status_code == 400 and bad_index.text.startswith("Unable to parse index: ")
 
 
 # ----------------------------------------------------------------------------- exec and simulate modes

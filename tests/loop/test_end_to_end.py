@@ -356,7 +356,7 @@ def test_metrics_after_a_run_show_transitions_and_latencies(cluster, harness):
     assert re.search(r"reconciler_dispatch_latency_seconds_count [1-9]", text)
     assert re.search(r"reconciler_report_latency_seconds_count [1-9]", text)
     assert re.search(r"reconciler_pass_duration_seconds_count [1-9]", text)
-    assert health.status_code == 200
+    assert health.status_code == 200, health.text
 
 
 def test_optional_comment_on_the_pull_request(cluster, tmp_path):
