@@ -73,8 +73,8 @@ def test_runs_by_state_resets_states_that_emptied(served):
 def test_each_instance_has_its_own_registry():
     a, b = Metrics(), Metrics()
     a.external_error("nomad")
-    assert b'system="nomad"' in a.exposition()
-    assert b'system="nomad"' not in b.exposition()
+    assert b'reconciler_external_errors_total{system="nomad"} 1.0' in a.exposition()
+    assert b'reconciler_external_errors_total{system="nomad"} 0.0' in b.exposition(), "exported at 0 from the start"
 
 
 def test_healthz_ok_then_503_when_the_last_pass_is_too_old(served):
