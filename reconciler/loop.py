@@ -88,7 +88,6 @@ class Reconciler:
         self._last_watch: dict[str, float] = {}
         self._watch_live = False
         """True while the allocation watcher reports changes (then the loop does not list allocations)."""
-        self._timeout_due: dict[str, float] = {}
         """Started runs: monotonic time their timeout falls due (a look is due then, watch or not)."""
         self._job_changes: dict[str, tuple[float, set[str]]] = {}
         """Jobs the watcher saw change, not yet looked at: job id -> (when first seen, client statuses)."""
@@ -271,7 +270,7 @@ class Reconciler:
     WATCH_SAFETY = 5.0
     #: WATCH_SAFETY for a started run while the Nomad watch is live: the event stream carries every allocation
     #: change (resumed from its index, a gap caught up by one list), so this look only guards against a change
-    #: nobody reported; the run's own timeout deadline brings its look forward (``_timeout_due``). One look is
+    #: nobody reported; the run's own timeout deadline brings its look forward (``_timeout_at``). One look is
     #: two reads (job, allocations): 90 s keeps a running child under 2 Nomad requests a minute. A run not yet
     #: started keeps WATCH_SAFETY (placement deadline).
     WATCH_SAFETY_WATCHED = 90.0
@@ -336,7 +335,7 @@ class Reconciler:
             if statuses is not None:
                 settled.add(r.nomad_job_id or "")
             safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
-            timed_out = mono >= self._timeout_due.get(r.id, float("inf"))
+            timed_out = r.state == State.RUNNING and now >= _timeout_at(r)
             # a run back from a backoff (or a requeue it asked for) is looked at: the change that made its
             # failed step happen was consumed by that step
             retry = r.next_try_at is not None
@@ -363,22 +362,7 @@ class Reconciler:
         # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
         listed = {r.id: r.state for r in due}
         chosen = [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
-        self._note_timeouts(chosen, {r.id for r in watched} | busy, now, mono)
         return chosen
-
-    def _note_timeouts(self, chosen: list[RunRecord], keep: set[str], now: float, mono: float) -> None:
-        """When each started run's timeout falls due (monotonic), so a live watch need not poll for it;
-        runs no longer watched (nor being stepped) are forgotten."""
-        for run in chosen:
-            if run.state == State.RUNNING and run.started_at:
-                try:
-                    ends = parse_rfc3339(run.started_at) + int(run.timeout_minutes or 60) * 60 + TIMEOUT_GRACE + 1.0
-                except ValueError:
-                    continue
-                self._timeout_due[run.id] = mono + max(0.0, ends - now)
-        keep = keep | {run.id for run in chosen}
-        for run_id in [k for k in self._timeout_due if k not in keep]:
-            del self._timeout_due[run_id]
 
     def _step_done(self, run_id: str) -> None:
         with self._steps_lock:
@@ -568,6 +552,16 @@ def _store_owner(store: Any) -> StoreOwner | None:
 
 #: Active states other than pending: every such run is listed each pass (pending ones only as admitted).
 ACTIVE_PAST_PENDING = frozenset(ACTIVE - {State.PENDING})
+
+
+def _timeout_at(run: RunBrief) -> float:
+    """When a started run's timeout falls due (the context's clock), so a live watch need not poll for it."""
+    if not run.started_at:
+        return float("inf")
+    try:
+        return parse_rfc3339(run.started_at) + int(run.timeout_minutes or 60) * 60 + TIMEOUT_GRACE + 1.0
+    except ValueError:
+        return float("inf")
 
 
 def _due(run: RunBrief, now: float) -> bool:

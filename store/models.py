@@ -29,6 +29,8 @@ class RunBrief(NamedTuple):
     next_try_at: str | None
     nomad_job_id: str | None
     created_at: str
+    started_at: str | None = None
+    timeout_minutes: int | None = None
 
 
 class RunRecord(BaseModel):

@@ -283,12 +283,15 @@ class RunStore:
         if due_by is not None:
             where += " and (next_try_at is null or next_try_at <= ?)"
             values.append(due_by)
-        sql = f"select id, kind, state, next_try_at, nomad_job_id, created_at from runs where {where} order by created_at, rowid"
+        sql = (
+            "select id, kind, state, next_try_at, nomad_job_id, created_at, started_at, timeout_minutes"
+            f" from runs where {where} order by created_at, rowid"
+        )
         if limit is not None:
             sql += " limit ?"
             values.append(max(0, int(limit)))
         rows = self._tuples(sql, values)
-        return [RunBrief(r[0], r[1], _STATES[r[2]], r[3], r[4], r[5]) for r in rows]
+        return [RunBrief(r[0], r[1], _STATES[r[2]], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def earliest_retry(self, states: Iterable[State]) -> str | None:
         """The earliest ``next_try_at`` of the runs in ``states`` (None: no run is requeued)."""
