@@ -28,7 +28,8 @@ from reconciler.context import Context, run_log
 from reconciler.decide import TIMEOUT_GRACE
 from reconciler.leader import Leadership, StoreOwner, record_to_store
 from reconciler.watchers import Watchers
-from reconciler.steps import STEPS, step_for
+from reconciler.step_table import step_for
+from reconciler.steps import STEPS
 from states.machine import ACTIVE, AWAITING_REPORT, State
 from store.models import KINDS, RunBrief, RunRecord
 from store.runs import StaleState, parse_rfc3339

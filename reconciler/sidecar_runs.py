@@ -20,6 +20,7 @@ import tomllib
 from reconciler import sidecars
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
+from reconciler.steps import guard_parent
 from states.machine import ACTIVE, AWAITING_REPORT, State, Transition
 from store.models import RunRecord
 from store.runs import StaleState
@@ -148,7 +149,6 @@ def step_bound(ctx: Context, run: RunRecord) -> RunRecord:
         "attempt": str(run.attempt),
     }
     token = run.idempotency_token or f"{run.id}/{run.attempt}"
-    from reconciler.steps import guard_parent
 
     guard_parent(ctx, ctx.settings.nomad.sidecar_job)
     try:

@@ -646,16 +646,4 @@ STEPS = {
 }
 
 
-def step_for(run: RunRecord) -> Any:
-    """The step function for ``run``'s kind and state (None: nothing to do but report)."""
-    state = State(run.state)
-    if run.kind != "vault-action":
-        from reconciler import sidecar_runs
-
-        if state == State.PENDING:
-            return sidecar_runs.step_pending
-        if state == State.POLICY_BOUND:
-            return sidecar_runs.step_bound
-    return STEPS.get(state)
-
-__all__ = ["STEPS", "step_for", "StaleState", "revoke_claim", "execute", "collect_logs", "claim_policies"]
+__all__ = ["STEPS", "StaleState", "revoke_claim", "execute", "collect_logs", "claim_policies"]
