@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.doubles.cluster import LocalCluster
+from reconciler.local_cluster import LocalCluster
 
 
 def _leader_pid(db: Path) -> int | None:

@@ -72,7 +72,7 @@ WATCH_SECONDS = 45.0
 
 def _cluster_main(conn: Any, workdir: str, capacity: int | None, duration: float) -> None:
     """Child process: start a ``LocalCluster`` in simulate mode and answer commands over ``conn``."""
-    from reconciler.doubles.cluster import LocalCluster
+    from reconciler.local_cluster import LocalCluster
 
     # file:// ops remote: the published numbers (docs/BENCHMARKS.md) were measured that way.
     cluster = LocalCluster(Path(workdir), nomad_mode="simulate", capacity=capacity, ops_transport="file").start()

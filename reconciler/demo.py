@@ -22,7 +22,7 @@ from store.runs import RunStore
 
 
 def run_demo(workdir: Path | None, echo: Callable[[str], None], timeout: float = 180.0, keep: bool = False) -> int:
-    from reconciler.doubles.cluster import LocalCluster
+    from reconciler.local_cluster import LocalCluster
 
     base = workdir or Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
     echo(f"demo: working in {base}")

@@ -15,7 +15,7 @@ from store.runs import RunStore
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from reconciler.doubles.cluster import LocalCluster
+    from reconciler.local_cluster import LocalCluster
 
     c = LocalCluster(tmp_path_factory.mktemp("factory")).start()
     yield c

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from reconciler.doctor import Check, granted_paths, run_doctor
-from reconciler.doubles.cluster import LocalCluster
-from reconciler.doubles.vault import runner_policy_text
+from reconciler.local_cluster import LocalCluster
+from reconciler.jobspecs import runner_policy_text
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_doctor_flags_a_token_in_the_ops_remote_url(factory):
 def test_a_dispatcher_token_without_default_passes_and_no_secret_value_is_read(factory):
     """Only ``default`` grants lookup-self and sys/capabilities-self (vault/policy.go default policy): a
     dispatcher token without it is still checked, by probes, and never by reading a real secret value."""
-    from reconciler.doubles.vault import DISPATCHER_POLICY
+    from reconciler.jobspecs import DISPATCHER_POLICY
 
     token = factory.vault.create_token([DISPATCHER_POLICY], no_default_policy=True, display_name="reconciler")
     settings = factory.settings()

@@ -18,8 +18,8 @@ from reconciler import jobspecs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.clients.nomad import NomadClient
 from reconciler.clients.vault import VaultClient
-from reconciler.doubles.nomad import NomadDouble
-from reconciler.doubles.vault import VaultDouble, parse_policy
+from doubles.nomad import NomadDouble
+from doubles.vault import VaultDouble, parse_policy
 from reconciler.settings import KNOWN_KEYS, NomadSettings, Settings, VaultSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -526,17 +526,19 @@ def test_vault_policy_files_parse_as_hcl_with_the_same_rules() -> None:
         assert parsed == rules(text), path
 
 
-def test_the_vault_double_grants_what_these_policies_grant() -> None:
-    """The double's factory layout agrees with this module (until it imports these texts itself)."""
-    from reconciler.doubles import vault as double
+def test_the_local_cluster_configures_the_vault_double_with_these_policies() -> None:
+    """The doubles import nothing of the product: the cluster writes this module's texts into the
+    Vault double through its operator API, as `jobspecs apply` writes them into a real Vault."""
+    from reconciler.local_cluster import configure_factory
 
-    assert double.runner_policy_text("GITHUB_TOKEN") == jobspecs.runner_policy_text("GITHUB_TOKEN")
-    assert double.mount_policy_text("ssh") == jobspecs.mount_policy_text("ssh")
-    assert double.RUNNER_CLAIM_POLICY_TEXT == jobspecs.runner_claim_policy_text()
-    assert double.DISPATCHER_POLICY == jobspecs.DISPATCHER_POLICY
-    ours, theirs = rules(jobspecs.dispatcher_policy_text()), rules(double.dispatcher_policy_text())
-    for path, caps in ours.items():
-        assert set(caps) <= set(theirs.get(path, [])), path
+    double = VaultDouble(root_token="root")
+    configure_factory(double, {"GITHUB_TOKEN": "value"}, {"ssh": {"id_ed25519": "key"}})
+    assert double.policy("runner-GITHUB_TOKEN") == jobspecs.runner_policy_text("GITHUB_TOKEN")
+    assert double.policy("runner-mount-ssh") == jobspecs.mount_policy_text("ssh")
+    assert double.policy(jobspecs.RUNNER_CLAIM_POLICY) == jobspecs.runner_claim_policy_text()
+    assert double.policy(jobspecs.DISPATCHER_POLICY) == jobspecs.dispatcher_policy_text()
+    role = double.role("vault-runner")
+    assert role is not None and all(role.get(k) == v for k, v in jobspecs.runner_role_fields().items() if k in role)
 
 
 def test_apply_with_a_vault_token_that_may_not_write_policies_fails_loudly(vault: VaultDouble) -> None:
@@ -567,7 +569,7 @@ def test_apply_reads_the_role_back_and_fails_loudly_when_the_globs_were_ignored(
 
 
 def test_apply_reaches_an_https_vault_with_vault_cacert(tmp_path) -> None:
-    from reconciler.doubles.tls_material import make_tls_material
+    from doubles.tls_material import make_tls_material
     from reconciler.tls import TLSConfig
 
     material = make_tls_material(tmp_path / "tls")
@@ -650,7 +652,7 @@ def test_kill_timeouts_within_the_client_cap_and_lost_nodes_not_replaced() -> No
     """Clients cap kill_timeout at max_kill_timeout (default 30 s); on Nomad >= 1.8 disconnect
     { replace = false } keeps an allocation on a lost node unknown instead of starting a second copy
     (scheduler/reconciler/filters.go)."""
-    from reconciler.doubles.nomad_hcl import parse_duration, parse_jobspec
+    from doubles.nomad_hcl import parse_duration, parse_jobspec
 
     for job in jobspecs.JOB_FILES:
         parsed = parse_jobspec(jobspecs.jobspec_text(job), variables={})

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from reconciler.clients.nomad import NomadClient
-from reconciler.doubles.nomad import NomadDouble
+from doubles.nomad import NomadDouble
 from reconciler.leader import LOCK_KEY, Leadership, StoreOwner, failover_seconds
 from reconciler.settings import NomadSettings
 from store.runs import RunStore

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler import jobspecs, nomad_acl
-from reconciler.doubles.nomad_acl import ACL, parse_policy
-from reconciler.doubles.nomad_hcl import parse_jobspec
+from doubles.nomad_acl import ACL, parse_policy
+from doubles.nomad_hcl import parse_jobspec
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "runners"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.doubles.nomad_acl import ACL, parse_policy
+from doubles.nomad_acl import ACL, parse_policy
 from reconciler.nomad_policy import Grants
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.clients.errors import NotFoundError, PermanentError, TransientError
 from reconciler.clients.forge import ForgeClient
-from reconciler.doubles.forge import ForgeDouble, rfc3339
+from doubles.forge import ForgeDouble, rfc3339
 from reconciler.facts import Issue, PullRequest
 from reconciler.settings import ForgeSettings
 

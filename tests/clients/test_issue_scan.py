@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from reconciler.clients.forge import ForgeClient
-from reconciler.doubles.forge import ForgeDouble
+from doubles.forge import ForgeDouble
 from reconciler.settings import ForgeSettings
 from reconciler.sidecars import SCAN_OVERLAP_SECONDS, IssueIndex
 

@@ -19,7 +19,7 @@ import pytest
 
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
 from reconciler.clients.nomad import CasConflict, DispatchResult, NomadClient, classify
-from reconciler.doubles.nomad import NomadDouble
+from doubles.nomad import NomadDouble
 from reconciler.ports import NomadAPI
 from reconciler.settings import NomadSettings
 

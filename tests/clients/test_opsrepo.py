@@ -595,7 +595,7 @@ def test_many_processes_pushing_different_results_all_land(tmp_path: Path, url: 
 def forge_ops(tmp_path):
     """A forge double serving ``o/ops`` (users admin and alice), and a factory for an OpsRepo clone of it."""
     from reconciler.clients.opsrepo import OpsRepo
-    from reconciler.doubles.forge import ForgeDouble
+    from doubles.forge import ForgeDouble
     from reconciler.settings import OpsRepoSettings
 
     forge = ForgeDouble().start()

@@ -1,7 +1,7 @@
 """The ops clone over the Forgejo double's smart HTTP: slow links, stalls, credentials in messages.
 
 The double serves the repository through real ``git http-backend``
-(``reconciler/doubles/forge_git.py``, after Forgejo's ``routers/web/repo/githttp.go``);
+(``doubles/forge_git.py``, after Forgejo's ``routers/web/repo/githttp.go``);
 ``git_throttle_bytes_per_second`` makes the link slow.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.clients.git_env import GitAuth
 from reconciler.clients.opsrepo import OpsRepo
-from reconciler.doubles.forge import ForgeDouble
+from doubles.forge import ForgeDouble
 from reconciler.settings import OpsRepoSettings
 
 pytestmark = pytest.mark.timeout(180)

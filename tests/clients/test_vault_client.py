@@ -12,7 +12,8 @@ import pytest
 
 from reconciler.clients.errors import NotFoundError, PermanentError, TransientError
 from reconciler.clients.vault import VaultClient, WrappedClaim
-from reconciler.doubles.vault import VaultDouble, configure_factory
+from doubles.vault import VaultDouble
+from reconciler.local_cluster import configure_factory
 from reconciler.settings import VaultSettings
 
 SECRETS = {"GITHUB_TOKEN": "ghp_live_value", "NPM_TOKEN": "npm_live_value"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.doubles.cluster import LocalCluster
+from reconciler.local_cluster import LocalCluster
 
 from .support import MarkerFormula, install_marker_formula
 

@@ -1,7 +1,7 @@
 """Helpers for the crash tests: the reconciler as a killable subprocess, and the three checks.
 
 The reconciler runs as ``python -m reconciler run`` in its own session, against
-a :class:`~reconciler.doubles.cluster.LocalCluster` living in the test process
+a :class:`~reconciler.local_cluster.LocalCluster` living in the test process
 (so the doubles, and the runner processes the Nomad double starts, survive the
 kill). What it did is judged only by the state of the world afterwards:
 
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import requests
 
-from reconciler.doubles.cluster import LocalCluster
+from reconciler.local_cluster import LocalCluster
 
 RUNNER_PARENT = "vault-runner"
 NAMESPACE = "runners"

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from reconciler.doubles.http import Request
+from doubles.http import Request
 
 from .support import (
     RUNNER_PARENT,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reconciler.doubles.http import Request
+from doubles.http import Request
 from states.machine import ACTIVE
 from tests.conftest import Harness
 

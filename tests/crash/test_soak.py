@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reconciler.doubles.cluster import LocalCluster
+from reconciler.local_cluster import LocalCluster
 
 from .support import MarkerFormula, Service, action_toml, install_marker_formula, merge_actions, verify, wait_for
 

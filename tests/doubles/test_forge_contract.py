@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-import reconciler.doubles.forge as forge_module
-from reconciler.doubles.forge import (
+import doubles.forge as forge_module
+from doubles.forge import (
     ForgeDouble,
     ForgeDoubleError,
     MergeConflict,

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from reconciler.clients.git_env import GitAuth, clean_env
-from reconciler.doubles.forge import ForgeDouble
+from doubles.forge import ForgeDouble
 
 pytestmark = pytest.mark.timeout(120)
 

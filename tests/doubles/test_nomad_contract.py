@@ -24,7 +24,7 @@ import nomad.api.exceptions as nomad_exc
 import pytest
 import requests
 
-from reconciler.doubles.nomad import DISPATCH_PAYLOAD_LIMIT, NomadDouble
+from doubles.nomad import DISPATCH_PAYLOAD_LIMIT, NomadDouble
 
 TOKEN = "nomad-test-token"
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from reconciler import jobspecs
-from reconciler.doubles.nomad import NomadDouble
+from doubles.nomad import NomadDouble
 from reconciler.settings import Settings
 
 from .test_nomad_contract import TOKEN, parent_hcl, raw, register
@@ -140,7 +140,7 @@ def test_lists_of_a_missing_job_are_200_empty(double: NomadDouble) -> None:
 
 def test_blocking_wait_is_capped_at_300_seconds() -> None:
     """nomad/structs/structs.go MaxBlockingRPCQueryTime = 300 s (TimeToBlock)."""
-    from reconciler.doubles.nomad import _parse_wait
+    from doubles.nomad import _parse_wait
 
     assert _parse_wait("10m") == 300.0
     assert _parse_wait("30s") == 30.0

@@ -15,13 +15,8 @@ import hvac.exceptions as hvac_exc
 import pytest
 import requests
 
-from reconciler.doubles.vault import (
-    DEFAULT_TTL,
-    INVALID_WRAPPING_TOKEN,
-    PERMISSION_DENIED,
-    VaultDouble,
-    configure_factory,
-)
+from doubles.vault import DEFAULT_TTL, INVALID_WRAPPING_TOKEN, PERMISSION_DENIED, VaultDouble
+from reconciler.local_cluster import configure_factory
 
 
 @pytest.fixture

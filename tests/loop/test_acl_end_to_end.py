@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.app import build_context
-from reconciler.doubles.cluster import LocalCluster
+from reconciler.local_cluster import LocalCluster
 from reconciler.loop import Reconciler
 from states.machine import State
 from store.runs import RunStore

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from reconciler.doubles.cluster import OPS_REPO
+from reconciler.local_cluster import OPS_REPO
 from states.machine import State
 
 pytestmark = pytest.mark.timeout(300)

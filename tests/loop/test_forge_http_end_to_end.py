@@ -1,7 +1,7 @@
 """Acceptance (#10): the ops repo over the forge's git smart HTTP, with the forge token, leaking nothing.
 
 The Forgejo double serves ``factory/ops`` (private) through real ``git http-backend``
-(``reconciler/doubles/forge_git.py``, traced to Forgejo's ``routers/web/repo/githttp.go``);
+(``doubles/forge_git.py``, traced to Forgejo's ``routers/web/repo/githttp.go``);
 ``OPS_REPO_REMOTE`` is unset, so the reconciler derives ``${FORGE_URL}/factory/ops.git``
 and git authenticates through the askpass helper with the token from ``FORGE_TOKEN_FILE``.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.app import build_context
-from reconciler.doubles.cluster import OPS_REPO, LocalCluster
+from reconciler.local_cluster import OPS_REPO, LocalCluster
 from reconciler.loop import Reconciler
 from states.machine import State
 from store.runs import RunStore

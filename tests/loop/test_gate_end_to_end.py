@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from reconciler.doubles.cluster import OPS_REPO
+from reconciler.local_cluster import OPS_REPO
 from tests.crash.support import Service
 from tests.loop.test_end_to_end import action_toml, children_of, result
 

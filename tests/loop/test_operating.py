@@ -145,7 +145,7 @@ def test_a_rewritten_token_file_is_picked_up_without_restart(cluster, tmp_path):
     from dataclasses import replace
 
     from reconciler.app import build_context
-    from reconciler.doubles.vault import DISPATCHER_POLICY
+    from reconciler.jobspecs import DISPATCHER_POLICY
     from reconciler.loop import Reconciler
     from store.runs import RunStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.doubles.cluster import PROJECT_REPO
+from reconciler.local_cluster import PROJECT_REPO
 from states.machine import State
 from tests.conftest import Harness
 

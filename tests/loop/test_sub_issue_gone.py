@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler import sidecar_runs
-from reconciler.doubles.cluster import PROJECT_REPO
+from reconciler.local_cluster import PROJECT_REPO
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.timeout(180)

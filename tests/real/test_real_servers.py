@@ -44,7 +44,7 @@ SECRET_VALUE = "ghp_realTestRealTestRealTestRealTest0001"
 def vault_admin():
     import hvac
 
-    from reconciler.doubles.vault import (
+    from reconciler.local_cluster import (
         RUNNER_CLAIM_POLICY,
         RUNNER_CLAIM_POLICY_TEXT,
         RUNNER_ROLE_FIELDS,

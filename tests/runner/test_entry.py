@@ -24,12 +24,8 @@ import hvac
 import requests
 import pytest
 
-from reconciler.doubles.vault import (
-    INVALID_WRAPPING_TOKEN,
-    RUNNER_CLAIM_POLICY,
-    VaultDouble,
-    configure_factory,
-)
+from doubles.vault import INVALID_WRAPPING_TOKEN, VaultDouble
+from reconciler.local_cluster import RUNNER_CLAIM_POLICY, configure_factory
 from reconciler.redact import Redactor
 from reconciler.runner.entry import (
     RunnerConfig,

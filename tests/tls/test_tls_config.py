@@ -9,8 +9,8 @@ import requests
 
 from reconciler.clients.errors import TransientError
 from reconciler.clients.vault import VaultClient
-from reconciler.doubles.tls_material import make_tls_material
-from reconciler.doubles.vault import VaultDouble
+from doubles.tls_material import make_tls_material
+from doubles.vault import VaultDouble
 from reconciler.runner.vault_session import VaultCallError, VaultSession
 from reconciler.settings import SettingsError, VaultSettings, load
 from reconciler.tls import TLSConfig, TLSConfigError

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from reconciler.doubles.cluster import LocalCluster
+    from reconciler.local_cluster import LocalCluster
 
     c = LocalCluster(tmp_path_factory.mktemp("tls-factory"), tls=True).start()
     yield c

@@ -21,14 +21,14 @@ of Vault the reconciler and its runner use, with the behaviour listed in
   tainted, to ``lookup-accessor`` (``num_uses`` -1, ``ttl`` <= 0); revoke-accessor
   answers as current Vault (204 / 200 with a warning / 400 "token not found");
 * ``kv/config`` and the key's ``delete_version_after`` (future deletion times);
-* HTTPS (``serve_tls``) with a test CA (``reconciler.doubles.tls_material``).
+* HTTPS (``serve_tls``) with a test CA (``doubles.tls_material``).
 
 Time comes from the injected ``clock`` plus an offset moved by :meth:`advance`,
 so TTL tests never sleep.
 
 Besides HTTP, tests and the demo script the double directly (``put_secret``,
 ``put_policy``, ``put_role``, ``create_token``, ``token_by_accessor``, ...), and
-:func:`configure_factory` writes everything the factory's runners need.
+:func:`reconciler.local_cluster.configure_factory` writes the factory's layout into it, as an operator would.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from reconciler.doubles.http import DoubleServer, Request, Response
+from doubles.http import DoubleServer, Request, Response
 
 # --------------------------------------------------------------------------- constants
 
@@ -106,27 +106,6 @@ path "sys/wrapping/unwrap" {
 }
 """
 
-# --- the factory's Vault layout (reused by jobspecs, the demo and tests) ----------
-
-# The factory's Vault layout has one source, ``reconciler.jobspecs`` (what
-# `reconciler jobspecs apply` writes to a real Vault); the double configures itself from it.
-from reconciler.jobspecs import (  # noqa: E402
-    DISPATCHER_POLICY,
-    RUNNER_CLAIM_POLICY,
-    dispatcher_policy_text,
-    mount_policy_name,
-    mount_policy_text,
-    runner_claim_policy_text,
-    runner_policy_name,
-    runner_policy_text,
-    runner_role_fields,
-)
-
-FACTORY_ROLE = "vault-runner"
-FACTORY_PREFIX = "disinto/runner"
-RUNNER_CLAIM_POLICY_TEXT = runner_claim_policy_text()
-RUNNER_ROLE_FIELDS: dict[str, Any] = runner_role_fields()
-"""The ``vault-runner`` token role: runner-* policies only, orphan, service, not renewable, no default policy."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1702,63 +1681,18 @@ def _q(values: Iterable[str]) -> str:
     return "[" + " ".join(json.dumps(v) for v in values) + "]"
 
 
-# --------------------------------------------------------------------------- factory bootstrap
-
-
-def configure_factory(
-    double: VaultDouble,
-    secrets: dict[str, str],
-    mounts: dict[str, dict[str, str]] | None = None,
-    *,
-    role: str = FACTORY_ROLE,
-    prefix: str = FACTORY_PREFIX,
-    dispatcher_ttl: int | None = None,
-) -> str:
-    """Write what the factory needs into ``double`` and return a dispatcher token.
-
-    For each secret ``NAME``: policy ``runner-NAME`` (read exactly
-    ``kv/data/<prefix>/NAME``) and the secret itself (field ``value``). For each
-    mount alias: policy ``runner-mount-<alias>`` and ``kv/data/<prefix>/mounts/<alias>``
-    whose fields are file names. Also the ``runner-claim`` policy (revoke-self only, on every claim),
-    the ``vault-runner`` token role and the reconciler's dispatcher policy; the
-    returned token holds that policy (plus ``default``).
-    """
-    for name, value in secrets.items():
-        double.put_policy(runner_policy_name(name), runner_policy_text(name, prefix=prefix))
-        double.put_secret(f"{prefix}/{name}", {"value": value})
-    for alias, files in (mounts or {}).items():
-        double.put_policy(mount_policy_name(alias), mount_policy_text(alias, prefix=prefix))
-        double.put_secret(f"{prefix}/mounts/{alias}", dict(files))
-    double.put_policy(RUNNER_CLAIM_POLICY, RUNNER_CLAIM_POLICY_TEXT)
-    double.put_role(role, **RUNNER_ROLE_FIELDS)
-    double.put_policy(DISPATCHER_POLICY, dispatcher_policy_text(role=role, prefix=prefix))
-    return double.create_token([DISPATCHER_POLICY], ttl=dispatcher_ttl, display_name="reconciler")
-
-
 __all__ = [
     "ACL",
     "DEFAULT_POLICY",
     "DEFAULT_TTL",
-    "DISPATCHER_POLICY",
-    "FACTORY_PREFIX",
-    "FACTORY_ROLE",
     "INVALID_WRAPPING_TOKEN",
     "PERMISSION_DENIED",
-    "RUNNER_CLAIM_POLICY",
-    "RUNNER_CLAIM_POLICY_TEXT",
-    "RUNNER_ROLE_FIELDS",
     "SEALED",
     "PolicyParseError",
     "TokenRecord",
     "VaultDouble",
     "VaultHTTPError",
-    "configure_factory",
-    "dispatcher_policy_text",
-    "mount_policy_name",
-    "mount_policy_text",
     "parse_duration",
     "parse_policy",
-    "runner_policy_name",
-    "runner_policy_text",
     "sanitize_policies",
 ]

@@ -102,8 +102,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode
 
-from reconciler.doubles.forge_git import install_git_http
-from reconciler.doubles.http import DoubleServer, Request, Response
+from doubles.forge_git import install_git_http
+from doubles.http import DoubleServer, Request, Response
 
 API = "/api/v1"
 DEFAULT_PAGE_SIZE = 30

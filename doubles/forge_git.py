@@ -39,10 +39,10 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
-from reconciler.doubles.http import Request, Response, StreamingResponse
+from doubles.http import Request, Response, StreamingResponse
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reconciler.doubles.forge import ForgeDouble, _Repo, _User
+    from doubles.forge import ForgeDouble, _Repo, _User
 
 __all__ = ["install_git_http", "GIT_SERVICES"]
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.doubles.forge import ForgeDouble
-from reconciler.doubles.nomad import NomadDouble
-from reconciler.doubles.tls_material import make_tls_material
-from reconciler.doubles.vault import VaultDouble, configure_factory
+from doubles.forge import ForgeDouble
+from doubles.nomad import NomadDouble
+from doubles.tls_material import make_tls_material
+from doubles.vault import VaultDouble
 from reconciler.settings import (
     ActionSettings,
     ForgeSettings,
@@ -73,6 +73,59 @@ def jobspec_path(name: str = "vault-runner.hcl") -> Path:
     import jobspecs
 
     return Path(jobspecs.__file__).resolve().parent / name
+
+
+# --- the factory's Vault layout --------------------------------------------------------------
+
+# One source, ``reconciler.jobspecs`` (what `reconciler jobspecs apply` writes to a real Vault):
+# the cluster configures the Vault double from it as an operator configures Vault.
+from reconciler.jobspecs import (  # noqa: E402
+    DISPATCHER_POLICY,
+    RUNNER_CLAIM_POLICY,
+    dispatcher_policy_text,
+    mount_policy_name,
+    mount_policy_text,
+    runner_claim_policy_text,
+    runner_policy_name,
+    runner_policy_text,
+    runner_role_fields,
+)
+
+FACTORY_ROLE = "vault-runner"
+FACTORY_PREFIX = "disinto/runner"
+RUNNER_CLAIM_POLICY_TEXT = runner_claim_policy_text()
+RUNNER_ROLE_FIELDS: dict[str, Any] = runner_role_fields()
+"""The ``vault-runner`` token role: runner-* policies only, orphan, service, not renewable, no default policy."""
+
+
+def configure_factory(
+    double: VaultDouble,
+    secrets: dict[str, str],
+    mounts: dict[str, dict[str, str]] | None = None,
+    *,
+    role: str = FACTORY_ROLE,
+    prefix: str = FACTORY_PREFIX,
+    dispatcher_ttl: int | None = None,
+) -> str:
+    """Write what the factory needs into ``double`` and return a dispatcher token.
+
+    For each secret ``NAME``: policy ``runner-NAME`` (read exactly
+    ``kv/data/<prefix>/NAME``) and the secret itself (field ``value``). For each
+    mount alias: policy ``runner-mount-<alias>`` and ``kv/data/<prefix>/mounts/<alias>``
+    whose fields are file names. Also the ``runner-claim`` policy (revoke-self only, on every claim),
+    the ``vault-runner`` token role and the reconciler's dispatcher policy; the
+    returned token holds that policy (plus ``default``).
+    """
+    for name, value in secrets.items():
+        double.put_policy(runner_policy_name(name), runner_policy_text(name, prefix=prefix))
+        double.put_secret(f"{prefix}/{name}", {"value": value})
+    for alias, files in (mounts or {}).items():
+        double.put_policy(mount_policy_name(alias), mount_policy_text(alias, prefix=prefix))
+        double.put_secret(f"{prefix}/mounts/{alias}", dict(files))
+    double.put_policy(RUNNER_CLAIM_POLICY, RUNNER_CLAIM_POLICY_TEXT)
+    double.put_role(role, **RUNNER_ROLE_FIELDS)
+    double.put_policy(DISPATCHER_POLICY, dispatcher_policy_text(role=role, prefix=prefix))
+    return double.create_token([DISPATCHER_POLICY], ttl=dispatcher_ttl, display_name="reconciler")
 
 
 def fixtures_dir() -> Path:
@@ -158,7 +211,7 @@ class LocalCluster:
                 "vault_addr": self.vault.address,
                 "vault_cacert": str(self.tls_material.ca_cert) if self.tls_material else "",
                 "factory_root": str(self.factory_root),
-                "agent_command": f"{sys.executable} -m reconciler.doubles.demo_agent",
+                "agent_command": f"{sys.executable} -m doubles.demo_agent",
                 "namespace": NAMESPACE,
             },
         )

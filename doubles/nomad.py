@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 from urllib.parse import unquote
 
-from reconciler.doubles.http import DoubleServer, Request, Response, StreamingResponse
-from reconciler.doubles.nomad_filter import FilterError, compile_filter
-from reconciler.doubles.nomad_acl import ACL, Policy, PolicyError, host_volume_needs, namespace_need, parse_policy, variable_need
-from reconciler.doubles.nomad_exec import (
+from doubles.http import DoubleServer, Request, Response, StreamingResponse
+from doubles.nomad_filter import FilterError, compile_filter
+from doubles.nomad_acl import ACL, Policy, PolicyError, host_volume_needs, namespace_need, parse_policy, variable_need
+from doubles.nomad_exec import (
     AllocPaths,
     DriverFailureTask,
     ProcessTask,
@@ -60,7 +60,7 @@ from reconciler.doubles.nomad_exec import (
     task_argv,
     task_environment,
 )
-from reconciler.doubles.nomad_hcl import (
+from doubles.nomad_hcl import (
     NS_PER_SECOND,
     JobspecError,
     canonicalize_job,

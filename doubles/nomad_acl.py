@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from reconciler.doubles.nomad_hcl import JobspecError, _labelled, _load
+from doubles.nomad_hcl import JobspecError, _labelled, _load
 
 NAMESPACE_CAPABILITIES = frozenset(
     """deny list-jobs parse-job read-job submit-job dispatch-job read-logs read-fs alloc-exec alloc-node-exec
