@@ -44,8 +44,8 @@ from reconciler.settings import (
 )
 from reconciler.tls import TLSConfig
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-JOBSPECS = Path(__file__).resolve().parent.parent.parent / "jobspecs"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+JOBSPECS = Path(__file__).resolve().parent.parent / "jobspecs"
 DEMO_DATA = PACKAGE_ROOT / "demo"
 OPS_REPO = "factory/ops"
 PROJECT_REPO = "factory/demo"
