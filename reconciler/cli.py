@@ -279,6 +279,10 @@ def status(ctx: click.Context, as_json: bool, stuck: bool, older_than: str, show
     watch_line = _nomad_watch_line(store.get_value("nomad_watch"), now)
     if watch_line:
         click.echo(watch_line)
+    from reconciler.publish import pending_comments
+
+    for run_id, item in sorted(pending_comments(store).items()):
+        click.echo(f"comment on pull request #{item.get('pull')} for run {run_id} failing since {item.get('since')}: {item.get('error')} (retried)")
     from reconciler import brakes as brakes_mod
 
     b = brakes_mod.read(store)

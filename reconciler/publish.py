@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Any, Callable
 
 from reconciler.clients.errors import PermanentError, TransientError
@@ -27,6 +28,8 @@ from store.models import RunRecord
 from store.runs import StaleState, parse_rfc3339
 
 REPORTED_DOC_KEY = "result.doc."
+
+log = logging.getLogger(__name__)
 
 
 def report_ready(
@@ -100,6 +103,7 @@ def report_ready(
     else:
         mark_all_done(ctx, done)
     if ctx.settings.forge.pr_comments:
+        retry_pending_comments(ctx)
         for path, run in owners.items():
             _comment_on_pull(ctx, run, docs[run.id], path, commit)
     return reported
@@ -195,10 +199,50 @@ def _comment_on_pull(ctx: Context, run: RunRecord, doc: dict[str, Any], path: st
         f"{mark}\nVault action `{run.action_id}` was reported: outcome **{doc['outcome']}**, exit code {doc['exit_code']} "
         f"(run `{run.id}`, attempt {run.attempt}). Result: {link}\n"
     )
+    _post_comment(ctx, run.id, run.pull_number, body, mark)
+
+
+PENDING_COMMENTS_KEY = "pending_pr_comments"
+"""Store key: pull-request comments that failed, ``{run_id: {pull, body, mark, error, since}}``; retried
+with every report and shown by ``reconciler status`` until they go through."""
+COMMENT_RETRY_SECONDS = 60.0
+
+
+def _post_comment(ctx: Context, run_id: str, pull: int, body: str, mark: str) -> bool:
+    """Post one comment (idempotent through its marker); a failure is recorded for a later retry, never raised."""
+    assert ctx.forge is not None and ctx.settings.forge.ops_repo
     try:
-        ctx.forge.comment(ctx.settings.forge.ops_repo, run.pull_number, body, unless_marked=mark)
+        ctx.forge.comment(ctx.settings.forge.ops_repo, pull, body, unless_marked=mark)
     except (TransientError, PermanentError) as exc:
-        run_log(run).warning("could not comment on pull request #%s: %s", run.pull_number, exc)
+        log.warning("could not comment on pull request #%s for run %s (retried): %s", pull, run_id, exc)
+        pending = pending_comments(ctx.store)
+        since = (pending.get(run_id) or {}).get("since") or ctx.stamp()
+        pending[run_id] = {"pull": pull, "body": body, "mark": mark, "error": str(exc), "since": since, "tried": ctx.now()}
+        ctx.store.set_value(PENDING_COMMENTS_KEY, json.dumps(pending))
+        return False
+    pending = pending_comments(ctx.store)
+    if pending.pop(run_id, None) is not None:
+        ctx.store.set_value(PENDING_COMMENTS_KEY, json.dumps(pending))
+    return True
+
+
+def pending_comments(store: Any) -> dict[str, dict[str, Any]]:
+    raw = store.get_value(PENDING_COMMENTS_KEY)
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def retry_pending_comments(ctx: Context) -> None:
+    """Post again the comments that failed, each at most once a minute."""
+    if ctx.forge is None or not ctx.settings.forge.ops_repo:
+        return
+    for run_id, item in list(pending_comments(ctx.store).items()):
+        if ctx.now() - float(item.get("tried") or 0) < COMMENT_RETRY_SECONDS:
+            continue
+        _post_comment(ctx, run_id, int(item["pull"]), str(item["body"]), str(item["mark"]))
 
 
 def stored_document(ctx: Context, run_id: str) -> dict[str, Any] | None:

@@ -183,7 +183,11 @@ def report_ready(ctx: Context) -> list[str]:
         if run.kind not in KINDS:
             continue
         if State(run.state) == State.CANCELLED and run.nomad_job_id:
-            ctx.nomad.stop(run.nomad_job_id)
+            try:
+                ctx.nomad.stop(run.nomad_job_id)
+            except (TransientError, PermanentError) as exc:  # this run's alone: the others are still reported
+                ctx.store.update(run.id, {"waiting": f"stopping {run.nomad_job_id} failing (retried): {exc}"})
+                continue
         outcome = run.outcome or "failure"
         note = f"sidecar {run.kind} for issue #{run.issue}: {outcome}"
         if outcome in ("failure", "unknown", "timeout") and enabled(ctx):

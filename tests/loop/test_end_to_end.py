@@ -375,3 +375,36 @@ def test_optional_comment_on_the_pull_request(cluster, tmp_path):
         assert "outcome **success**" in comments[0]["body"] and "pr-comment-1" in comments[0]["body"]
     finally:
         h.close()
+
+
+def test_a_failed_pull_request_comment_is_recorded_retried_and_shown(cluster, tmp_path, monkeypatch):
+    """A side effect of one run (its PR comment) that fails is kept, shown by `status` and retried,
+    and holds back no result."""
+    from dataclasses import replace
+
+    from reconciler import publish
+    from tests.cli.test_cli import cli
+    from tests.conftest import Harness
+
+    h = Harness(cluster, tmp_path)
+    h.ctx.settings = replace(h.settings, forge=replace(h.settings.forge, pr_comments=True))
+    comment_posts = lambda req: req.method == "POST" and req.path.endswith("/comments")  # noqa: E731
+    try:
+        cluster.forge.faults.fail_next(3, "error", match=comment_posts)  # the client does not retry a write
+        number, _ = cluster.merge_action("pr-comment-2", action_toml("pr-comment-2"))
+        h.until_idle()
+        assert result(cluster, "pr-comment-2")["exit_code"] == 0, "the result is not held back"
+        pending = publish.pending_comments(h.store)
+        assert set(pending) == {h.store.find("pr-comment-2").id} and pending[h.store.find("pr-comment-2").id]["pull"] == number
+        shown = cli("status", env={"RECONCILER_DB": str(h.settings.store.db)})
+        assert f"comment on pull request #{number}" in shown.stdout and "(retried)" in shown.stdout, shown.stdout
+        monkeypatch.setattr(publish, "COMMENT_RETRY_SECONDS", 0.0)
+        cluster.forge.faults.fail_next(0)
+        for _ in range(5):
+            publish.retry_pending_comments(h.ctx)
+            if not publish.pending_comments(h.store):
+                break
+        assert publish.pending_comments(h.store) == {}
+        assert len(cluster.forge.comments(OPS_REPO, number)) == 1
+    finally:
+        h.close()
