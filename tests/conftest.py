@@ -41,6 +41,37 @@ def _nomad_refuses_nothing_we_send(request):
         pytest.fail(f"the Nomad double refused {len(refused)} request(s) as malformed: {refused[:5]}")
 
 
+@pytest.fixture(autouse=True)
+def _claims_die_before_their_formulas(request):
+    """Every test on a local factory: each formula the runner started ran after its claim token was revoked.
+
+    The runner leaves ``formula.started`` (time, claim accessor, whether its revoke-self went through) in
+    the task directory; the Vault double's record of that token must show the revocation before that time.
+    A revoke-self that failed is allowed only where the test made Vault fail on purpose.
+    """
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    import json
+
+    c = request.getfixturevalue("cluster")
+    before = set(Path(c.nomad.workdir).glob("*/local/formula.started"))
+    yield
+    for marker in sorted(set(Path(c.nomad.workdir).glob("*/local/formula.started")) - before):
+        try:
+            note = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the double's workdir is being torn down
+        token = c.vault.token_by_accessor(note["accessor"])
+        assert token is not None, f"{marker}: no claim token with accessor {note['accessor']}"
+        if note["revoked"]:
+            assert token["revoked"] and token["revoked_at"] <= note["at"], (
+                f"{marker}: the claim was revoked at {token['revoked_at']}, after its formula started at {note['at']}"
+            )
+        else:
+            assert c.vault.faults.injected, f"{marker}: the runner could not revoke its claim before the formula"
+
+
 class Harness:
     """A reconciler over ``cluster`` with its own store and clone."""
 

@@ -23,7 +23,8 @@ vault action. In order, each step failing loudly:
 5. **revoke** - the runner revokes its own token (``auth/token/revoke-self``).
    The formula never gets a Vault token. A failed revoke is reported but not
    fatal: the reconciler revokes the claim by accessor when it collects.
-6. **formula** - run it in its own process group with ``ACTION_ID``,
+6. **formula** - leave ``$NOMAD_TASK_DIR/formula.started`` (the time, the claim's accessor and
+   whether the revocation went through: the evidence that the claim died first), then run it in its own process group with ``ACTION_ID``,
    ``RUN_ID``, ``ATTEMPT``, each secret as an environment variable of the same
    name, ``RUNNER_MOUNT_<ALIAS>`` for each mount directory, and the runner's
    environment minus ``VAULT_*`` and ``NOMAD_TOKEN``; stop the group after
@@ -67,6 +68,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -511,7 +513,7 @@ def run(env: Mapping[str, str], stdout: BinaryIO, stderr: BinaryIO) -> tuple[int
             secrets = read_secrets(vault, claim.token, config)
             mounts = read_mounts(vault, claim.token, config)
         finally:
-            release_token(vault, claim.token)
+            revoked = release_token(vault, claim.token)
     finally:
         vault.close()
     try:
@@ -523,6 +525,7 @@ def run(env: Mapping[str, str], stdout: BinaryIO, stderr: BinaryIO) -> tuple[int
         redaction_values(secrets, mounts, {"VAULT_CLAIM": claim.token, "VAULT_WRAPPING_TOKEN": wrapping_token})
     )
     say(f"formula: running {config.formula} for action {config.action_id} (run {config.run_id}, attempt {config.attempt})", stderr)
+    note_formula_start(Path(task_dir), claim.accessor, revoked)
     try:
         outcome = run_formula(
             argv,
@@ -537,6 +540,21 @@ def run(env: Mapping[str, str], stdout: BinaryIO, stderr: BinaryIO) -> tuple[int
     except OSError as exc:
         raise RunnerError(RunnerExit.MISCONFIGURED, "formula", f"cannot start {argv[0]}: {exc.strerror}") from None
     return _formula_result(outcome, config.timeout_seconds, stderr)
+
+
+FORMULA_STARTED = "formula.started"
+"""Left in the task directory as the formula starts: when, the claim's accessor (not a secret) and whether
+the runner's own revocation went through - the evidence that the claim was dead before the formula ran."""
+
+
+def note_formula_start(task_dir: Path, accessor: str, revoked: bool) -> None:
+    """Write ``FORMULA_STARTED``; a failure to write it never stops the run."""
+    try:
+        (task_dir / FORMULA_STARTED).write_text(
+            json.dumps({"at": time.time(), "accessor": accessor, "revoked": revoked}), encoding="utf-8"
+        )
+    except OSError:
+        pass
 
 
 def _formula_result(outcome: FormulaOutcome, timeout: float, stderr: BinaryIO) -> tuple[int, str]:
