@@ -356,8 +356,8 @@ class NomadClient:
         """Jobs whose allocations changed after ``index`` (one non-blocking list), and the new index.
 
         Lets the loop look only at the children that moved instead of polling every one. The list is
-        unfiltered and the ``ModifyIndex`` comparison is ours: go-bexpr has no ``>``, and a real Nomad
-        answers ``filter=ModifyIndex > N`` with a 400 (go-bexpr ``grammar/grammar.peg``; Nomad
+        unfiltered and the ``ModifyIndex`` comparison is ours: go-bexpr has no relational operators, and a
+        real Nomad answers a filter comparing ``ModifyIndex`` that way with a 400 (go-bexpr ``grammar/grammar.peg``; Nomad
         ``nomad/state/paginator/paginator.go``).
         """
         resp = self._raw("list allocations", self._nomad.allocations, method="get", params={"task_states": "false"})
