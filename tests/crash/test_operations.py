@@ -115,7 +115,11 @@ def test_cancel_of_a_running_action_stops_the_child_and_reports_cancelled(cluste
     assert "operator says stop" in res["reason"]
     [child] = children_of(cluster, aid)
     assert cluster.nomad.wait_until(lambda: cluster.nomad.job(child["ID"])["Status"] == "dead", timeout=10)
-    assert all(a["ClientStatus"] != "running" for a in cluster.nomad.allocations_of(child["ID"]))
+    # A stopped job is "dead" as soon as its allocations are told to stop (nomad/state/state_store.go
+    # getJobStatus: DesiredStatus stop is terminal); the client's task ends a moment later.
+    assert cluster.nomad.wait_until(
+        lambda: all(a["ClientStatus"] != "running" for a in cluster.nomad.allocations_of(child["ID"])), timeout=15
+    )
     assert formula.finished()[aid] == 0, "the formula was stopped, not left to finish"
     run = svc.run_of(aid)
     assert run["state"] == "reported"
