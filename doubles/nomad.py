@@ -88,6 +88,12 @@ JobKey = tuple[str, str]
 SimulateHook = Callable[[dict[str, Any]], tuple[float, int, str]]
 
 
+
+_VOLATILE_JOB_FIELDS = frozenset(
+    {"Status", "StatusDescription", "CreateIndex", "ModifyIndex", "JobModifyIndex", "SubmitTime", "Version", "Stable"}
+)
+"""Fields the server sets on a job: dropped from a submitted job and ignored when comparing two specs."""
+
 class _Fail(Exception):
     """An HTTP error reply: plain text, like Nomad's."""
 
@@ -1039,16 +1045,7 @@ class NomadDouble(DoubleServer):
                     reply.update(EvalID=ev["ID"], EvalCreateIndex=ev["CreateIndex"], Index=ev["CreateIndex"])
                 return reply
         idx = self._touch("jobs")
-        for volatile in (
-            "Status",
-            "StatusDescription",
-            "CreateIndex",
-            "ModifyIndex",
-            "JobModifyIndex",
-            "SubmitTime",
-            "Version",
-            "Stable",
-        ):
+        for volatile in _VOLATILE_JOB_FIELDS:
             job.pop(volatile, None)
         job.update(
             Status="pending",
@@ -1078,17 +1075,7 @@ class NomadDouble(DoubleServer):
 
     @staticmethod
     def _spec_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-        volatile = {
-            "Status",
-            "StatusDescription",
-            "CreateIndex",
-            "ModifyIndex",
-            "JobModifyIndex",
-            "SubmitTime",
-            "Version",
-            "Stable",
-        }
-        strip = lambda j: {k: v for k, v in j.items() if k not in volatile}  # noqa: E731
+        strip = lambda j: {k: v for k, v in j.items() if k not in _VOLATILE_JOB_FIELDS}  # noqa: E731
         return json.dumps(strip(old), sort_keys=True, default=str) != json.dumps(
             strip(new), sort_keys=True, default=str
         )
