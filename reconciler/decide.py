@@ -293,7 +293,7 @@ def decide_watch(
             if worker.started_at:
                 changes["started_at"] = worker.started_at
             return Decision(Transition.START, reason=f"allocation {worker.id[:8]} is running", changes=changes)
-        if start_ts is not None and now > start_ts + timeout_minutes * 60 + TIMEOUT_GRACE:
+        if start_ts is not None and now > timeout_due(start_ts, timeout_minutes):
             return Decision(
                 Transition.COLLECT,
                 reason=f"timed out: still running {timeout_minutes} min after it started; job stopped",
@@ -307,7 +307,7 @@ def decide_watch(
     # Nothing started yet: waiting for placement.
     if state == State.RUNNING:
         return Decision(None, waiting="running; waiting for the allocation to report")
-    deadline = (dispatched_at or now) + placement_deadline
+    deadline = placement_due(dispatched_at or now, placement_deadline)
     if now <= deadline:
         return Decision(
             None,
@@ -330,3 +330,44 @@ def decide_watch(
         revoke_claim=True,
         details={"evaluation": reason},
     )
+
+
+def timeout_due(started_at: float, timeout_minutes: int) -> float:
+    """When a started run has outlived its timeout (and the grace the runner has to stop itself)."""
+    return started_at + timeout_minutes * 60 + TIMEOUT_GRACE
+
+
+def placement_due(dispatched_at: float, placement_deadline: float) -> float:
+    """When a dispatched attempt that has not started is past its placement deadline."""
+    return dispatched_at + placement_deadline
+
+
+#: A look planned for a deadline comes this long after it, so that the step sees the deadline passed.
+DEADLINE_SLACK = 1.0
+
+
+def look_again(
+    *,
+    state: State,
+    now: float,
+    next_try_at: float | None,
+    dispatched_at: float | None,
+    started_at: float | None,
+    timeout_minutes: int | None,
+    placement_deadline: float,
+) -> float | None:
+    """Seconds until a run must be stepped again although nothing reported a change for it - the step's own
+    "look again in N s" - or None when only news brings it back (a watch, the admission gate, the reporter).
+
+    A retry or requeue a step asked for (``next_try_at``) comes first; a dispatched child not placed yet is
+    looked at once its placement deadline passed, a running one once its timeout did.
+    """
+    if next_try_at is not None:
+        return max(0.0, next_try_at - now)
+    if state == State.POLICY_BOUND:
+        return 0.0  # bound: the dispatch is the next step
+    if state == State.DISPATCHED and dispatched_at is not None:
+        return max(0.0, placement_due(dispatched_at, placement_deadline) + DEADLINE_SLACK - now)
+    if state == State.RUNNING and started_at is not None:
+        return max(0.0, timeout_due(started_at, int(timeout_minutes or 60)) + DEADLINE_SLACK - now)
+    return None

@@ -1,15 +1,25 @@
-"""The reconcile loop: level-triggered passes over desired state and reality.
+"""The reconcile loop: sources turn changes into run ids on a keyed work queue; workers step them.
 
-A pass:
+The service (``serve``) is shaped like a controller-runtime manager:
 
-1. fetches the ops repo and, when its head moved, updates the runs from the
-   action files (``desired.scan``);
-2. advances every active run by one idempotent step (``steps.STEPS``), many at
-   once on a thread pool - a 45-minute action never delays another;
-3. reports every run whose outcome is known, in one push (``publish``).
+* **sources** put run ids on the queue (``reconciler.workqueue``): the ops repo (its head moved, or
+  once per ``RECONCILER_INTERVAL``: the runs a scan created or cancelled), the Nomad watch (an
+  allocation or job event: the run owning the job; ``reconciler.watchers``), other processes'
+  writes to the store (``cancel``, ``retry``, ``pause``: every active run, at most once per
+  ``RECONCILER_STORE_POLL``), and each step's own "look again in N s" (``decide.look_again``:
+  a retry, the placement deadline, the timeout; at the latest ``RECONCILER_RESYNC``);
+* a **capacity gate** admits pending vault actions, oldest first, only as far as in-flight slots
+  are free, and frees a slot when an admitted run has been stepped;
+* **workers** take one run id at a time - never one run on two workers; a run named again while
+  it is stepped is stepped again after - and advance it by one idempotent step (``steps``);
+* a **reporter** thread pushes the results of every run whose outcome is known, in one push
+  (``publish``); results finishing during a push share the next one.
 
-Transient errors leave a run where it is with a persisted ``next_try_at`` and
-a visible ``waiting`` reason; a failing system slows only the runs that need it.
+``run_pass`` is one level-triggered pass instead (``reconciler run --once``, tests): read the ops
+repo, step every due active run, report, and return.
+
+Transient errors leave a run where it is with a persisted ``next_try_at`` and a visible
+``waiting`` reason; a failing system slows only the runs that need it.
 """
 
 from __future__ import annotations
@@ -25,13 +35,14 @@ from typing import Any, Callable
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
 from reconciler.context import Context, run_log
-from reconciler.decide import TIMEOUT_GRACE
+from reconciler.decide import look_again
 from reconciler.leader import Leadership, StoreOwner, record_to_store
-from reconciler.watchers import Watchers
 from reconciler.step_table import step_for
 from reconciler.steps import STEPS
-from states.machine import ACTIVE, AWAITING_REPORT, State
-from store.models import KINDS, RunBrief, RunRecord
+from reconciler.watchers import UnclaimedChanges, Watchers
+from reconciler.workqueue import CapacityGate, WorkQueue
+from states.machine import ACTIVE, AWAITING_REPORT, IN_FLIGHT, State
+from store.models import KINDS, RunRecord
 from store.runs import StaleState, parse_rfc3339
 
 log = logging.getLogger("reconciler.loop")
@@ -48,9 +59,9 @@ class PassSummary:
 
 
 class Reconciler:
-    """Runs passes; ``serve`` repeats them until told to stop."""
+    """Runs passes (``run_pass``), or serves the work queue until told to stop (``serve``)."""
 
-    def __init__(self, ctx: Context, *, workers: int = 16, sleep: Callable[[float], None] | None = None) -> None:
+    def __init__(self, ctx: Context, *, workers: int | None = None, sleep: Callable[[float], None] | None = None) -> None:
         self.ctx = ctx
         self.leadership: Leadership | None = None
         if ctx.settings.loop.leader_lock:
@@ -63,46 +74,45 @@ class Reconciler:
                 lease=ctx.store,
                 owner=_store_owner(ctx.store),
             )
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
-        # Watching and collecting never queue behind a burst of new dispatches.
-        self._watch_pool = ThreadPoolExecutor(max_workers=max(4, workers), thread_name_prefix="watch")
-        # Reporting (revoke, push, mark done) runs beside the passes, one batch at a time: a push
-        # never holds up admission and dispatch, and results finishing meanwhile share the next push.
-        self._report_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
-        self._reporting: Any = None
-        self._last_report = float("-inf")
+        self._workers = max(2, workers or ctx.settings.loop.workers)
+        self.queue: WorkQueue[str] = WorkQueue()
+        self.admission: CapacityGate[str] = self._gate(self.queue)
+        self.unclaimed = UnclaimedChanges()
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="step")
+        # The durable claims of reported runs are marked done beside the next push, not before it.
+        self._mark_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mark")
         self._marking: set[Any] = set()
-        self._workers = workers
+        self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._sleep = sleep
+        self._report_wanted = threading.Event()
+        self._reporting = False
         self._ready = False
         self._repush: list[str] = []
         self._last_sidecar_scan = float("-inf")
-        self._stepping: dict[str, Any] = {}
-        self._stepping_pending: set[str] = set()
-        """Ids of the stepping runs that were pending when submitted (admission counts these)."""
-        self._steps_lock = threading.Lock()
         self._remote_dirty = threading.Event()
         self._last_fetch = float("-inf")
-        self._alloc_index = 0
-        self._last_alloc_list = float("-inf")
-        self._last_watch: dict[str, float] = {}
         self._watch_live = False
-        """True while the allocation watcher reports changes (then the loop does not list allocations)."""
-        """Started runs: monotonic time their timeout falls due (a look is due then, watch or not)."""
-        self._job_changes: dict[str, tuple[float, set[str]]] = {}
-        """Jobs the watcher saw change, not yet looked at: job id -> (when first seen, client statuses)."""
+        """True while the Nomad watch follows changes (a started run then needs no look before its resync)."""
+
+    def _gate(self, queue: WorkQueue[str]) -> CapacityGate[str]:
+        """Pending runs are let in as far as in-flight slots are free, and take at most half the workers:
+        watching and collecting never wait behind a burst of new dispatches."""
+        return CapacityGate(queue, waiting=self._pending_due, free=self._free_slots, most=self._workers // 2)
 
     def close(self) -> None:
+        self.queue.shutdown()
         self._pool.shutdown(wait=True)
-        self._watch_pool.shutdown(wait=True)
-        self._report_pool.shutdown(wait=True)
+        self._mark_pool.shutdown(wait=True)
         if self.leadership is not None:
             self.leadership.release()
 
     def leads(self) -> bool:
         """True when this instance may act (it holds the leadership lock, or runs without one)."""
         return self.leadership is None or self.leadership.try_acquire()
+
+    def _leading(self) -> bool:
+        """True unless a leadership lock is in use and no longer held (no Nomad call: for workers)."""
+        return self.leadership is None or self.leadership.is_leader
 
     def standby_reason(self) -> str:
         """Why this instance does not act: Nomad unreachable (address, error), or who holds the lock."""
@@ -117,21 +127,88 @@ class Reconciler:
         who = f"another reconciler ({lead.holder})" if lead.holder else "another reconciler"
         return f"standby: {who} holds the leadership lock (Nomad variable {lead.path})"
 
-    def _sidecar_scan_due(self) -> bool:
-        """Scan the tracker at most once per interval (cheap ``since`` queries, but not every sub-second pass)."""
-        now = time.monotonic()
-        if now - self._last_sidecar_scan < self.ctx.settings.loop.interval:
-            return False
-        self._last_sidecar_scan = now
-        return True
-
     def wake(self) -> None:
         self._wake.set()
 
-    # -- one pass ---------------------------------------------------------------
+    # -- the desired state: the ops repo and the issue tracker ----------------------------------------
+    def _sync_desired(self, summary: PassSummary, *, force: bool) -> None:
+        """Fetch the ops repo (when asked, when its head moved, or once per interval) and update the runs
+        from the action files; scan the issue tracker once per interval. The ids of runs created or
+        cancelled go to the queue, the gate or the reporter."""
+        ctx = self.ctx
+        interval = ctx.settings.loop.interval
+        try:
+            if not self._ready:
+                ctx.ops.ensure_ready()
+                self._ready = True
+            if force or self._remote_dirty.is_set() or ctx.head is None or time.monotonic() - self._last_fetch >= interval:
+                self._remote_dirty.clear()
+                ctx.head = ctx.ops.fetch()
+                self._last_fetch = time.monotonic()
+                ctx.begin_pass()  # approvals and brakes are read afresh with every fetch
+            head = summary.head = ctx.head
+            ctx.gate_head = desired.approval_head(ctx, ctx.gate_head, head)
+            scan = desired.scan(ctx, head)  # nothing to do (one read) when the head did not move
+            summary.created = len(scan.created)
+            if scan.results_missing:
+                with self._lock:
+                    self._repush.extend(scan.results_missing)
+            if scan.cancelled or scan.results_missing:
+                self._report_wanted.set()
+        except (TransientError, PermanentError) as exc:
+            summary.errors.append(f"ops repo: {exc}")
+            ctx.observe("external_error", exc.system or "git")
+            log.warning("ops repo unavailable, watching runs only: %s", exc)
+        except Exception as exc:  # a bug or an input nobody foresaw must not stop the service
+            summary.errors.append(f"ops repo: internal error {type(exc).__name__}: {exc}")
+            log.exception("desired-state scan failed; watching runs only")
+        now = time.monotonic()
+        if sidecar_runs.enabled(ctx) and (force or now - self._last_sidecar_scan >= interval):
+            self._last_sidecar_scan = now
+            try:
+                created = sidecar_runs.scan(ctx, cap=ctx.settings.loop.max_sidecars)
+                summary.created += len(created)
+                for run_id in created:
+                    self.queue.add(run_id)
+            except (TransientError, PermanentError) as exc:
+                summary.errors.append(f"issue tracker: {exc}")
+                log.warning("issue tracker unavailable, sidecar discovery skipped: %s", exc)
+
+    # -- what is due ---------------------------------------------------------------------------------
+    def _pending_due(self, limit: int) -> list[str]:
+        """Pending vault actions that are due, oldest first (the capacity gate's waiting keys)."""
+        if self.ctx.head is None:
+            return []
+        stamp = self.ctx.stamp(self.ctx.now())
+        return [r.id for r in self.ctx.store.briefs([State.PENDING], kinds=["vault-action"], due_by=stamp, limit=limit)]
+
+    def _free_slots(self) -> int:
+        return self.ctx.settings.loop.max_in_flight - self.ctx.store.in_flight()
+
+    def _active_due(self) -> list[str]:
+        """Every active run the gate does not admit, due now: what a pass (or a resync) looks at."""
+        stamp = self.ctx.stamp(self.ctx.now())
+        sidecar_kinds = [k for k in KINDS if k != "vault-action"]
+        briefs = self.ctx.store.briefs(ACTIVE_PAST_PENDING, due_by=stamp) + self.ctx.store.briefs(
+            [State.PENDING], kinds=sidecar_kinds, due_by=stamp
+        )
+        return [r.id for r in briefs if step_for(r) is not None]
+
+    def _resync(self) -> None:
+        """Put every active run on the queue (start, leadership regained, another process wrote the store):
+        each one's step decides what is due and when to look again."""
+        ids = [r.id for r in self.ctx.store.briefs(ACTIVE_PAST_PENDING)]
+        sidecar_kinds = [k for k in KINDS if k != "vault-action"]
+        ids += [r.id for r in self.ctx.store.briefs([State.PENDING], kinds=sidecar_kinds)]
+        for run_id in ids:
+            self.queue.add(run_id)
+        self.admission.admit()
+        self._report_wanted.set()
+
+    # -- one pass ------------------------------------------------------------------------------------
     def run_pass(self, *, wait: bool = True) -> PassSummary:
-        """One pass. With ``wait=False`` (the service) steps keep running on the pool after it
-        returns, and each one that finishes wakes the loop, so a run never waits for others."""
+        """One level-triggered pass: read the ops repo, step every due active run (and as many pending
+        ones as capacity admits) at once, wait for them, report. ``wait`` is kept for callers of old."""
         ctx = self.ctx
         started = time.monotonic()
         summary = PassSummary()
@@ -141,248 +218,129 @@ class Reconciler:
             ctx.observe("alive")
             return summary
         ctx.observe("set_leader", True)
-        ctx.begin_pass(0.0 if wait else self.PASS_CACHE_SECONDS)
-        try:
-            if not self._ready:
-                ctx.ops.ensure_ready()
-                self._ready = True
-            if wait or self._remote_dirty.is_set() or ctx.head is None or time.monotonic() - self._last_fetch >= ctx.settings.loop.interval:
-                self._remote_dirty.clear()
-                ctx.head = ctx.ops.fetch()
-                self._last_fetch = time.monotonic()
-            head = ctx.head
-            summary.head = head
-            ctx.gate_head = desired.approval_head(ctx, ctx.gate_head, head)
-            scan = desired.scan(ctx, head)
-            summary.created = len(scan.created)
-            with self._steps_lock:
-                self._repush.extend(scan.results_missing)
-        except (TransientError, PermanentError) as exc:
-            summary.errors.append(f"ops repo: {exc}")
-            ctx.observe("external_error", exc.system or "git")
-            log.warning("ops repo unavailable, watching runs only: %s", exc)
-        except Exception as exc:  # a bug or an input nobody foresaw must not stop the service
-            summary.errors.append(f"ops repo: internal error {type(exc).__name__}: {exc}")
-            log.exception("desired-state scan failed; watching runs only this pass")
-        if sidecar_runs.enabled(ctx) and self._sidecar_scan_due():
-            try:
-                summary.created += len(sidecar_runs.scan(ctx, cap=ctx.settings.loop.max_sidecars))
-            except (TransientError, PermanentError) as exc:
-                summary.errors.append(f"issue tracker: {exc}")
-                log.warning("issue tracker unavailable, sidecar discovery skipped this pass: %s", exc)
-
-        due = self._select_due(ctx, use_watcher=not wait)
-        summary.stepped = len(due)
-        futures = []
-        for run in due:
-            watching = State(run.state) in (State.DISPATCHED, State.RUNNING)
-            future = (self._watch_pool if watching else self._pool).submit(self._step, run)
-            with self._steps_lock:
-                self._stepping[run.id] = future
-                if State(run.state) == State.PENDING:
-                    self._stepping_pending.add(run.id)
-            future.add_done_callback(lambda f, rid=run.id: self._step_done(rid))
-            futures.append(future)
-        if wait:
-            for f in futures:
-                err = f.result()
-                if err:
-                    summary.errors.append(err)
-        if self.leadership is None or self.leadership.is_leader:
-            if wait:
-                reported, errors = self._report(ctx.head)
-                summary.reported, summary.errors = len(reported), summary.errors + errors
-            else:
-                self._report_in_background(ctx.head)
+        ctx.begin_pass()
+        self._sync_desired(summary, force=True)
+        due = self._active_due()
+        if ctx.head is not None:
+            due += self._pending_due(min(max(0, self._free_slots()), self._workers // 2))
+        chosen = ctx.store.get_many(due)
+        chosen.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
+        summary.stepped = len(chosen)
+        for err in self._pool.map(self._step, chosen):
+            if err:
+                summary.errors.append(err)
+        if self._leading():
+            reported, errors = self._report(ctx.head)
+            summary.reported, summary.errors = len(reported), summary.errors + errors
         summary.duration = time.monotonic() - started
-        ctx.observe("pass_duration", summary.duration)
+        self._observe_pass(summary.duration)
+        return summary
+
+    def _observe_pass(self, duration: float | None) -> None:
+        ctx = self.ctx
+        if duration is not None:
+            ctx.observe("pass_duration", duration)
         ctx.observe("set_runs_by_state", ctx.store.counts())
         if ctx.metrics is not None:
             ctx.observe("set_oldest_by_state", ctx.store.oldest_by_state())
-        return summary
 
+    # -- reporting -----------------------------------------------------------------------------------
     def _report(self, head: str | None, *, wait_marks: bool = True) -> tuple[list[str], list[str]]:
         """Report every run whose outcome is known (one push) and the finished sidecar runs.
 
-        ``wait_marks=False``: the durable claims are marked done on the watch pool, so the next
+        ``wait_marks=False``: the durable claims are marked done on the mark pool, so the next
         push need not wait for those Nomad writes (``reporting()`` covers them until they end).
         """
         ctx = self.ctx
         reported: list[str] = []
         errors: list[str] = []
         if head is not None:
-            with self._steps_lock:
+            with self._lock:
                 repush, self._repush = self._repush, []
             try:
                 reported = publish.report_ready(ctx, repush, mark_later=None if wait_marks else self._mark_later)
             except (TransientError, PermanentError) as exc:
-                with self._steps_lock:
+                with self._lock:
                     self._repush.extend(repush)
                 errors.append(f"report: {exc}")
         reported += sidecar_runs.report_ready(ctx)
         return reported, errors
 
-    def _report_in_background(self, head: str | None) -> None:
-        """Start a report on the reporter thread unless one is under way; its end wakes the loop."""
-        with self._steps_lock:
-            if self._reporting is not None and not self._reporting.done():
+    def _report_forever(self, stop: threading.Event) -> None:
+        """The reporter thread: a push whenever a result is waiting; results finishing during a push
+        share the next one. Without news it looks once per interval (retries of a settle or a comment)."""
+        failures = 0
+        while not stop.is_set():
+            self._report_wanted.wait(self._report_wait())
+            if stop.is_set():
                 return
-            if time.monotonic() - self._last_report < self.REPORT_EVERY:
-                return  # results finishing meanwhile share the next push (an active run keeps passes coming)
-            if not self._repush and not self.ctx.store.column_by_state("id", AWAITING_REPORT) and not sidecar_runs.enabled(self.ctx):
-                return
-            self._last_report = time.monotonic()
-            self._reporting = self._report_pool.submit(self._report_logged, head)
+            self._report_wanted.clear()
+            if not self._leading() or self.ctx.head is None:
+                continue
+            with self._lock:
+                self._reporting = True
+            try:
+                reported, errors = self._report(self.ctx.head, wait_marks=False)
+                for err in errors:
+                    log.warning("%s", err)
+                failures = failures + 1 if errors else 0
+                if reported:
+                    self._wake.set()  # runs that waited on the push may end the serve, or free capacity
+            except Exception:  # a bug must not stop the reporter thread for good
+                log.exception("report failed")
+                failures += 1
+            finally:
+                with self._lock:
+                    self._reporting = False
+            if failures:
+                stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))  # a failing push is retried with backoff
+                self._report_wanted.set()
 
-    def _report_logged(self, head: str | None) -> None:
-        try:
-            reported, errors = self._report(head, wait_marks=False)
-            for err in errors:
-                log.warning("%s", err)
-            if reported:
-                self._wake.set()  # runs that waited on the push may now be re-dispatched or end the serve
-        except Exception:  # a bug must not stop the reporter thread for good
-            log.exception("report failed")
+    def _report_wait(self) -> float:
+        """Seconds the reporter waits without news: until a held result's retry is due, at most an interval."""
+        wait = self.ctx.settings.loop.interval
+        earliest = self.ctx.store.earliest_retry(AWAITING_REPORT)
+        if earliest:
+            wait = min(wait, max(0.05, parse_rfc3339(earliest) - self.ctx.now()))
+        return wait
 
     def _mark_later(self, runs: list[RunRecord]) -> None:
         if not runs:
             return
-        future = self._watch_pool.submit(publish.mark_all_done, self.ctx, runs)
-        with self._steps_lock:
+        future = self._mark_pool.submit(publish.mark_all_done, self.ctx, runs)
+        with self._lock:
             self._marking.add(future)
         future.add_done_callback(self._marked)
 
     def _marked(self, future: Any) -> None:
-        with self._steps_lock:
+        with self._lock:
             self._marking.discard(future)
 
     def reporting(self) -> bool:
-        """A report, or the marking of its claims, is under way."""
-        with self._steps_lock:
-            return bool(self._marking) or (self._reporting is not None and not self._reporting.done())
+        """A report, or the marking of its claims, is under way (or asked for)."""
+        with self._lock:
+            return bool(self._marking) or self._reporting or self._report_wanted.is_set()
 
-    #: Seconds the service's passes share answers from the forge and Nomad listings (passes run several
-    #: times a second under load); a pass run on its own (``wait=True``) always asks afresh.
-    PASS_CACHE_SECONDS = 1.0
-    #: Seconds between the starts of two background reports: a push costs git work whatever its size,
-    #: so under a burst results are gathered for this long (the latency target is 1 s from job end).
-    REPORT_EVERY = 0.3
-    #: Seconds after which a watched run is looked at even if Nomad reported no change for it.
-    WATCH_SAFETY = 5.0
-    #: WATCH_SAFETY for a started run while the Nomad watch is live: the event stream carries every allocation
-    #: change (resumed from its index, a gap caught up by one list), so this look only guards against a change
-    #: nobody reported; the run's own timeout deadline brings its look forward (``_timeout_at``). One look is
-    #: two reads (job, allocations): 90 s keeps a running child under 2 Nomad requests a minute. A run not yet
-    #: started keeps WATCH_SAFETY (placement deadline).
-    WATCH_SAFETY_WATCHED = 90.0
-    #: Seconds a wake-up waits so that many finishing steps share one pass.
-    COALESCE = 0.05
-    #: Seconds between two listings of Nomad's allocations by passes run without a watcher (``run_pass``).
-    ALLOC_LIST_EVERY = 0.2
-    #: The same while the service's Nomad watch is failing: the list is unfiltered (go-bexpr has no ``>``),
-    #: the whole namespace's allocations each time, so the safety poll is bounded to one every 2 s.
-    FALLBACK_LIST_EVERY = 2.0
-
-    def _select_due(self, ctx: Context, *, use_watcher: bool = False) -> list[RunRecord]:
-        """Runs to step this pass: not already stepping, due, and worth a look.
-
-        Watched runs (dispatched, running) are looked at when Nomad says their
-        allocations changed, when new, or every WATCH_SAFETY seconds (deadlines,
-        jobs gone behind our back; WATCH_SAFETY_WATCHED for started runs while the
-        watcher reports changes). Pending vault actions are admitted only as far
-        as in-flight capacity allows, so a backlog costs nothing per pass.
-        """
-        now = ctx.now()
-        stamp = ctx.stamp(now)
-        mono = time.monotonic()
-        with self._steps_lock:
-            busy = set(self._stepping)
-            queued = len(self._stepping_pending)
-        # Pending vault actions are many under a burst: only as many as may be admitted are listed.
-        sidecar_kinds = [k for k in KINDS if k != "vault-action"]
-        runs = [
-            r
-            for r in ctx.store.briefs(ACTIVE_PAST_PENDING, due_by=stamp) + ctx.store.briefs([State.PENDING], kinds=sidecar_kinds, due_by=stamp)
-            if r.id not in busy and step_for(r) is not None and _due(r, now)
-        ]
-        watched = [r for r in runs if r.state in (State.DISPATCHED, State.RUNNING)]
-        changes: dict[str, set[str]] | None = {}
-        with self._steps_lock:
-            live = self._watch_live and use_watcher
-            if live:
-                changes = {job: statuses for job, (_, statuses) in self._job_changes.items()}
-        every = self.FALLBACK_LIST_EVERY if use_watcher else self.ALLOC_LIST_EVERY
-        if watched and not live and hasattr(ctx.nomad, "allocation_changes") and mono - self._last_alloc_list >= every:
-            try:
-                index, listed_jobs = ctx.nomad.allocation_changes(self._alloc_index)  # type: ignore[attr-defined]
-                changes = {job: {"listed"} for job in listed_jobs}  # status unknown: always worth a look
-                self._alloc_index = index
-                self._last_alloc_list = mono
-            except (TransientError, PermanentError):
-                changes = None
-        due: list[RunBrief] = []
-        settled: set[str] = set()
-        for r in runs:
-            if r.state not in (State.DISPATCHED, State.RUNNING):
-                due.append(r)
-                continue
-            last = self._last_watch.get(r.id)
-            if last is None and live:
-                # the watcher names it when its allocation starts or ends; until then the safety look
-                last = self._last_watch[r.id] = mono
-            statuses = None if changes is None else changes.get(r.nomad_job_id or "")
-            # a started run learns nothing from "still running" (task events); anything else is worth a look
-            named = statuses is not None and (r.state == State.DISPATCHED or bool(statuses - {"running"}))
-            if statuses is not None:
-                settled.add(r.nomad_job_id or "")
-            safety = self.WATCH_SAFETY_WATCHED if live and r.state == State.RUNNING else self.WATCH_SAFETY
-            timed_out = r.state == State.RUNNING and now >= _timeout_at(r)
-            # a run back from a backoff (or a requeue it asked for) is looked at: the change that made its
-            # failed step happen was consumed by that step
-            retry = r.next_try_at is not None
-            if changes is None or last is None or named or timed_out or retry or mono - last >= safety:
-                self._last_watch[r.id] = mono
-                due.append(r)
-        if live:
-            with self._steps_lock:
-                # what was looked at (or needs no look) is forgotten; a change of a run being stepped right
-                # now, or waiting out a backoff, stays until it is looked at; a change of no run of ours ages out
-                # (after the safety look's interval: a run in backoff is not listed, yet its change must survive)
-                for job_id in list(self._job_changes):
-                    if job_id in settled or mono - self._job_changes[job_id][0] >= self.WATCH_SAFETY_WATCHED:
-                        del self._job_changes[job_id]
-        if ctx.head is not None:
-            free = ctx.settings.loop.max_in_flight - ctx.store.in_flight()
-            # a few more than the free slots (some will be rejected, not bound), and never more than
-            # the workers can take now: a queue of pending steps would delay everything behind it
-            room = min(max(0, free) + 8, max(0, 2 * self._workers - queued))
-            if room:
-                pending = ctx.store.briefs([State.PENDING], kinds=["vault-action"], due_by=stamp, limit=room + queued)
-                due.extend([r for r in pending if r.id not in busy and _due(r, now)][:room])
-        due.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
-        # Full records only for the runs stepped now; one that moved since the listing is left for the next pass.
-        listed = {r.id: r.state for r in due}
-        chosen = [run for run in ctx.store.get_many(listed) if State(run.state) == listed[run.id]]
-        return chosen
-
-    def _step_done(self, run_id: str) -> None:
-        with self._steps_lock:
-            self._stepping.pop(run_id, None)
-            self._stepping_pending.discard(run_id)
-        self._wake.set()
-
+    # -- sources -------------------------------------------------------------------------------------
     def allocations_changed(self, jobs: dict[str, set[str]] | None) -> None:
-        """From the allocation watcher: these jobs' allocations changed to these client statuses
-        (None: the watch is failing)."""
-        with self._steps_lock:
-            if jobs is None:
-                self._watch_live = False
-                return
-            self._watch_live = True
-            now = time.monotonic()
-            for job_id, statuses in jobs.items():
-                seen, known = self._job_changes.get(job_id, (now, set()))
-                self._job_changes[job_id] = (seen, known | statuses)
+        """From the Nomad watch: these jobs' allocations changed to these client statuses (None: the watch
+        is failing). The run owning each job goes on the queue - unless it is started and all it heard is
+        "still running" (task events), which decides nothing."""
+        if jobs is None:
+            self._watch_live = False
+            return
+        self._watch_live = True
+        if not jobs:
+            return
+        owned: set[str] = set()
+        for run_id, state, job in self.ctx.store.runs_for_jobs(jobs):
+            owned.add(job)
+            if state == State.RUNNING and jobs[job] <= {"running"}:
+                continue
+            self.queue.add(run_id)
+        unclaimed = {job: statuses for job, statuses in jobs.items() if job not in owned}
+        if unclaimed:
+            self.unclaimed.note(unclaimed)
 
     def nomad_watch_state(self, state: str, why: str | None) -> None:
         """From the watcher: the Nomad watch is ``live`` or ``failing`` (``why``): a metric and a line of `status`."""
@@ -390,8 +348,10 @@ class Reconciler:
             self.ctx.observe("nomad_watch", state == "live")
         record = {"state": state, "since": self.ctx.now(), "why": why}
         if state == "failing":
+            loop = self.ctx.settings.loop
             record["fallback"] = (
-                f"listing allocations every {self.FALLBACK_LIST_EVERY:g} s and looking at every in-flight run every {self.WATCH_SAFETY:g} s"
+                f"listing the namespace's allocations every {loop.watch_fallback:g} s (RECONCILER_WATCH_FALLBACK) "
+                f"and looking at every in-flight run at least every {loop.resync:g} s (RECONCILER_RESYNC)"
             )
         try:
             self.ctx.store.set_value("nomad_watch", json.dumps(record))
@@ -399,21 +359,97 @@ class Reconciler:
             log.exception("could not record the Nomad watch state")
 
     def remote_changed(self, head: str | None = None) -> None:
-        """The ops remote's head moved (to ``head``): fetch at the next pass - unless it is our own
-        result push, which changes nothing desired (the next periodic fetch catches up)."""
+        """The ops remote's head moved (to ``head``): fetch at once - unless it is our own result push,
+        which changes nothing desired (the next periodic fetch catches up)."""
         if head is not None and head == getattr(self.ctx.ops, "pushed_head", None):
             return
         self._remote_dirty.set()
         self._wake.set()
 
+    # -- a worker's step -----------------------------------------------------------------------------
+    def _work_forever(self) -> None:
+        while True:
+            run_id = self.queue.get()
+            if run_id is None:
+                return
+            try:
+                self._work(run_id)
+            except Exception:  # a bug must not stop a worker
+                log.exception("working on run %s failed", run_id)
+                self.queue.add_after(run_id, 30.0)
+            finally:
+                self.queue.done(run_id)
+
+    def _work(self, run_id: str) -> None:
+        """Step one run and plan its next look: the step's own deadline, at the latest a resync."""
+        try:
+            left_flight = self._work_on(run_id)
+        finally:
+            admitted = self.admission.handled(run_id)
+        if admitted or left_flight:
+            self.admission.admit()  # its place at the gate, or its in-flight slot, is free
+
+    def _work_on(self, run_id: str) -> bool:
+        """The step of ``_work``; True when the run left flight (a slot is free)."""
+        ctx = self.ctx
+        if not self._leading():
+            return False  # leadership regained later resyncs every run
+        run = ctx.store.get(run_id)
+        if run is None or State(run.state) not in ACTIVE:
+            return False
+        if step_for(run) is None:  # outcome known: the reporter's
+            self._report_wanted.set()
+            return False
+        if not _due_record(run, ctx.now()):
+            if not (State(run.state) == State.PENDING and run.kind == "vault-action"):
+                self.queue.add_after(run_id, (_parsed(run.next_try_at) or 0.0) - ctx.now())
+            return False  # the gate lists a pending vault action again once it is due
+        self._step(run)
+        after = ctx.store.get(run_id) or run
+        before, state = State(run.state), State(after.state)
+        if state in AWAITING_REPORT:
+            self._report_wanted.set()
+        if state == State.DISPATCHED and before != State.DISPATCHED and after.nomad_job_id:
+            if self.unclaimed.claim(after.nomad_job_id) is not None:
+                self.queue.add(run_id)  # its child's first events came before the dispatch was committed
+                return False
+        delay = self._look_again(after, stepped_from=before)
+        if delay is not None:
+            self.queue.add_after(run_id, delay)
+        return before in IN_FLIGHT and state not in IN_FLIGHT
+
+    def _look_again(self, run: RunRecord, *, stepped_from: State) -> float | None:
+        """When to step ``run`` again without news (None: news, the gate or the reporter bring it back)."""
+        ctx = self.ctx
+        state = State(run.state)
+        if state not in ACTIVE or step_for(run) is None:
+            return None
+        if state == State.PENDING and run.kind == "vault-action":
+            return None  # the capacity gate lets it in again once it is due
+        own = look_again(
+            state=state,
+            now=ctx.now(),
+            next_try_at=_parsed(run.next_try_at),
+            dispatched_at=_parsed(run.dispatched_at),
+            started_at=_parsed(run.started_at),
+            timeout_minutes=run.timeout_minutes,
+            placement_deadline=float(ctx.settings.loop.placement_deadline),
+        )
+        resync = ctx.settings.loop.resync
+        if own == 0.0 and state == stepped_from and not run.next_try_at:
+            own = None  # the step did not move it and asked for nothing: no spinning, the resync looks
+        if own is None:
+            return resync if state in IN_FLIGHT or state == State.PENDING else None
+        return min(own, resync)
+
     def _step(self, run: RunRecord) -> str | None:
         ctx = self.ctx
-        if self.leadership is not None and not self.leadership.is_leader:
+        if not self._leading():
             return "leadership lost: step skipped"
         step = step_for(run)
         try:
             current = run
-            for _ in range(3):  # follow quick progress (pending -> bound -> dispatched) in one pass
+            for _ in range(3):  # follow quick progress (pending -> bound -> dispatched) in one step
                 before = State(current.state)
                 current = step(ctx, current)
                 after = State(current.state)
@@ -456,17 +492,17 @@ class Reconciler:
                 pass
             return f"{run.id}: internal error {exc}"
 
-    # -- many passes --------------------------------------------------------------
+    # -- the service ---------------------------------------------------------------------------------
     def serve(self, stop: threading.Event, *, until_idle: bool = False, timeout: float | None = None) -> bool:
-        """Run passes until ``stop`` is set (or, with ``until_idle``, no run is active).
+        """Serve the work queue until ``stop`` is set (or, with ``until_idle``, no run is active).
 
         Returns False when ``timeout`` ran out first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = self.ctx.settings.loop.interval
-        self._remote_dirty.set()  # the first pass of every serve() reads the remote afresh
+        loop = self.ctx.settings.loop
+        self._remote_dirty.set()  # every serve() reads the remote afresh first
         # A local remote is polled every second (a cheap ls-remote). A network one (HTTPS, ssh) is not polled: the
-        # pass fetches it once per interval anyway, and an ls-remote over HTTPS costs what that fetch costs (a 401
+        # ops repo is fetched once per interval anyway, and an ls-remote over HTTPS costs what that fetch costs (a 401
         # challenge, the authenticated ref advertisement, an upload-pack process on the forge).
         local = getattr(self.ctx.ops, "remote_is_local", True)
         watchers = Watchers(
@@ -477,54 +513,90 @@ class Reconciler:
             on_allocations=self.allocations_changed,
             on_state=self.nomad_watch_state,
             remote_poll=1.0 if local else None,
+            fallback=loop.watch_fallback,
         ).start()
+        self.queue = WorkQueue()
+        self.admission = self._gate(self.queue)
+        halt = threading.Event()
+        threads = [threading.Thread(target=self._work_forever, name=f"step-{k}", daemon=True) for k in range(self._workers)]
+        threads.append(threading.Thread(target=self._report_forever, args=(halt,), name="report", daemon=True))
+        for t in threads:
+            t.start()
         try:
-            return self._serve(stop, watchers, until_idle=until_idle, deadline=deadline, interval=interval)
+            return self._serve(stop, until_idle=until_idle, deadline=deadline)
         finally:
+            halt.set()
+            self._report_wanted.set()
+            self.queue.shutdown()
+            for t in threads:
+                t.join(timeout=60)
             watchers.stop()
-            with self._steps_lock:
-                self._watch_live = False
+            self._watch_live = False
             self.nomad_watch_state("stopped", None)
 
-    def _serve(self, stop: threading.Event, watchers: Watchers, *, until_idle: bool, deadline: float | None, interval: float) -> bool:
+    def _serve(self, stop: threading.Event, *, until_idle: bool, deadline: float | None) -> bool:
+        loop = self.ctx.settings.loop
         last_standby = ""
+        leading = False
+        next_store_check = 0.0
+        self.ctx.store.changed_elsewhere()  # from here on, other processes' writes are news
         while not stop.is_set():
             if not self.leads():
+                leading = False
                 why = self.standby_reason()
                 if self.leadership is not None and self.leadership.unreachable:
                     log.error("%s; retrying", why)
                 elif why != last_standby:
                     log.info("%s; waiting", why)
                 last_standby = why
-                self._wake.wait(min(interval, self.ctx.settings.loop.lock_ttl / 3))
+                self.ctx.observe("set_leader", False)
+                self.ctx.observe("alive")
+                self._wake.wait(min(loop.interval, loop.lock_ttl / 3))
                 self._wake.clear()
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 continue
-            summary = self.run_pass(wait=False)
+            self.ctx.observe("set_leader", True)
+            began = time.monotonic()
+            summary = PassSummary()
+            self._sync_desired(summary, force=not leading)
+            now = time.monotonic()
+            if not leading:
+                leading = True
+                self._resync()  # level-triggered start: every active run is looked at once
+            elif now >= next_store_check:
+                if self.ctx.store.changed_elsewhere():
+                    self.ctx.begin_pass()  # brakes may have changed
+                    self._resync()
+            if now >= next_store_check:
+                next_store_check = now + loop.store_poll
+            self.admission.admit()
+            self._observe_pass(time.monotonic() - began)
             counts = self.ctx.store.counts()
             active = {state: n for state, n in counts.items() if State(state) in ACTIVE and n}
-            with self._steps_lock:
-                stepping = bool(self._stepping)
-            stepping = stepping or self.reporting()
-            if until_idle and not active and not stepping:
+            busy = self.queue.busy() or self.reporting()
+            if until_idle and not active and not busy:
                 return True
             if self._drained(active):
                 log.warning("drained: nothing in flight any more; exiting as `reconciler drain` asked")
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            wait = interval
-            if active or stepping:
-                wait = min(interval, self._next_due())
+            wait = min(loop.interval - (time.monotonic() - self._last_fetch), next_store_check - time.monotonic())
+            wait = min(wait, self._next_admission())
             if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            log.debug("pass done in %.3f s: %s; next in %.2f s", summary.duration, summary, wait)
-            if self._wake.wait(wait):
-                # Coalesce: steps finishing together share the next pass.
-                time.sleep(self.COALESCE)
+                wait = min(wait, deadline - time.monotonic())
+            log.debug("loop: %s; %d queued, %d delayed; next look in %.2f s", summary, len(self.queue), self.queue.pending(), wait)
+            self._wake.wait(max(0.01, wait))
             self._wake.clear()
         return True
+
+    def _next_admission(self) -> float:
+        """Seconds until a pending run waiting out a retry is due (the gate lists only due runs)."""
+        earliest = self.ctx.store.earliest_retry([State.PENDING])
+        if not earliest:
+            return float("inf")
+        return max(0.05, parse_rfc3339(earliest) - self.ctx.now())
 
     def _drained(self, active: dict[str, int]) -> bool:
         """``active``: runs per active state."""
@@ -533,14 +605,6 @@ class Reconciler:
         if not brakes.read(self.ctx.store).draining:
             return False
         return not any(State(state) != State.PENDING for state in active)
-
-    def _next_due(self) -> float:
-        """Seconds until the next pass: soon (at most 0.5 s) while runs are active, sooner for a requeue due earlier."""
-        soonest = 0.5
-        earliest = self.ctx.store.earliest_retry(ACTIVE)
-        if earliest:
-            soonest = min(soonest, max(0.05, parse_rfc3339(earliest) - self.ctx.now()))
-        return max(0.1, min(soonest, 0.5))
 
 
 def _store_owner(store: Any) -> StoreOwner | None:
@@ -551,24 +615,19 @@ def _store_owner(store: Any) -> StoreOwner | None:
     return StoreOwner(f"{path}.owner")
 
 
-#: Active states other than pending: every such run is listed each pass (pending ones only as admitted).
+#: Active states other than pending: a pass and a resync look at each of these (pending ones only as admitted).
 ACTIVE_PAST_PENDING = frozenset(ACTIVE - {State.PENDING})
 
 
-def _timeout_at(run: RunBrief) -> float:
-    """When a started run's timeout falls due (the context's clock), so a live watch need not poll for it."""
-    if not run.started_at:
-        return float("inf")
+def _parsed(value: str | None) -> float | None:
+    if not value:
+        return None
     try:
-        return parse_rfc3339(run.started_at) + int(run.timeout_minutes or 60) * 60 + TIMEOUT_GRACE + 1.0
+        return parse_rfc3339(value)
     except ValueError:
-        return float("inf")
+        return None
 
 
-def _due(run: RunBrief, now: float) -> bool:
-    if not run.next_try_at:
-        return True
-    try:
-        return parse_rfc3339(run.next_try_at) <= now
-    except ValueError:
-        return True
+def _due_record(run: RunRecord, now: float) -> bool:
+    when = _parsed(run.next_try_at)
+    return when is None or when <= now

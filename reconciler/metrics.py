@@ -64,7 +64,7 @@ class Metrics:
             "reconciler_external_errors", "Errors from an external system (nomad, vault, forge, git).", ["system"], registry=r,
         )
         self._pass_duration = Histogram(
-            "reconciler_pass_duration_seconds", "Seconds one reconcile pass took.", buckets=PASS_BUCKETS, registry=r,
+            "reconciler_pass_duration_seconds", "Seconds one reconcile pass took (the service: one round of its main loop - ops repo, admission, metrics).", buckets=PASS_BUCKETS, registry=r,
         )
         self._last_pass_gauge = Gauge(
             "reconciler_last_pass_timestamp_seconds", "Unix time the last reconcile pass finished.", registry=r,

@@ -129,6 +129,15 @@ class LoopSettings:
     lock_ttl: float = 15.0
     """Seconds; Nomad takes 10 s to 24 h. Another instance takes over ~2 x TTL + LockDelay after the leader died."""
     lock_delay: float = 15.0
+    resync: float = 90.0
+    """Seconds after which a run in flight is looked at although no watch reported a change for it (a guard
+    against a change nobody reported; its own deadlines - placement, timeout, a retry - come sooner)."""
+    watch_fallback: float = 5.0
+    """Seconds between two listings of the namespace's allocations while the Nomad watch is failing."""
+    store_poll: float = 1.0
+    """Seconds between two checks for what other processes (``cancel``, ``retry``, ``pause``) wrote to the store."""
+    workers: int = 32
+    """Runs stepped at once; new dispatches (pending runs) take at most half of them."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +277,10 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "RECONCILER_LEADER_LOCK": ("loop", "leader_lock", _bool),
     "RECONCILER_LOCK_TTL": ("loop", "lock_ttl", _positive_float),
     "RECONCILER_LOCK_DELAY": ("loop", "lock_delay", _positive_float),
+    "RECONCILER_RESYNC": ("loop", "resync", _positive_float),
+    "RECONCILER_WATCH_FALLBACK": ("loop", "watch_fallback", _positive_float),
+    "RECONCILER_STORE_POLL": ("loop", "store_poll", _positive_float),
+    "RECONCILER_WORKERS": ("loop", "workers", _positive_int),
 }
 
 TLS_KEYS = tuple(

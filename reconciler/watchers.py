@@ -18,15 +18,18 @@ Two daemon threads call ``wake()`` when something the loop cares about moved:
   ``ls-refs`` POST, and one ``git upload-pack`` process on the forge (about 2 kB).
 
 A Nomad client without ``event_stream`` (test fakes) is watched with blocking queries instead.
-When the Nomad watch fails, ``on_allocations(None)`` tells the loop to fall back to its bounded
-safety poll, the failure is logged once at WARNING (not at every retry) and ``on_state`` hears
-``("failing", why)``; ``("live", None)`` when it is back.
+When the Nomad watch fails, ``on_allocations(None)`` tells the loop, the failure is logged once at
+WARNING (not at every retry) and ``on_state`` hears ``("failing", why)``; ``("live", None)`` when it
+is back. While it fails (from ``fallback`` seconds after the failure on, between attempts to reopen
+the stream) the watcher lists the namespace's allocations every ``fallback`` seconds - one request,
+compared client side - and names the jobs that moved as ``listed``: the bounded safety poll.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from reconciler.clients.errors import PermanentError, TransientError
@@ -67,6 +70,39 @@ def allocation_changes(events: tuple[dict[str, Any], ...]) -> dict[str, set[str]
     return jobs
 
 
+class UnclaimedChanges:
+    """Changes of jobs no in-flight run was known to own yet, kept for a while.
+
+    A child's first events can arrive before the step that dispatched it has committed the job id
+    (the read-back sits between them): :meth:`claim` hands such a change to the run once it owns the
+    job. Entries older than ``keep`` seconds are dropped, and at most ``most`` are kept.
+    """
+
+    def __init__(self, *, keep: float = 60.0, most: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep, self.most = keep, most
+        self._clock = clock
+        self._changes: dict[str, tuple[float, set[str]]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, jobs: dict[str, set[str]]) -> None:
+        now = self._clock()
+        with self._lock:
+            for job, statuses in jobs.items():
+                seen, known = self._changes.pop(job, (now, set()))
+                self._changes[job] = (seen, known | statuses)
+            stale = [job for job, (seen, _) in self._changes.items() if now - seen > self.keep]
+            for job in stale:
+                del self._changes[job]
+            while len(self._changes) > self.most:
+                del self._changes[next(iter(self._changes))]
+
+    def claim(self, job: str) -> set[str] | None:
+        """The statuses noted for ``job`` (forgotten now), or None."""
+        with self._lock:
+            entry = self._changes.pop(job, None)
+        return None if entry is None else entry[1]
+
+
 class Watchers:
     def __init__(
         self,
@@ -79,6 +115,7 @@ class Watchers:
         on_state: Callable[[str, str | None], None] | None = None,
         remote_poll: float | None = 1.0,
         nomad_wait: float = 30.0,
+        fallback: float | None = None,
     ) -> None:
         self._nomad = nomad
         self._ops = ops
@@ -88,6 +125,12 @@ class Watchers:
         self._on_state = on_state
         self._remote_poll = remote_poll
         self._nomad_wait = nomad_wait
+        self._fallback = fallback
+        self._failing_since: float | None = None
+        self._next_list = 0.0
+        self._list_index = 0
+        self.fallback_lists = 0
+        """Allocation listings made while the watch was failing."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stream: Any = None
@@ -119,6 +162,7 @@ class Watchers:
 
     # -- health ------------------------------------------------------------------------------
     def _live(self) -> None:
+        self._failing_since = None
         if self._state == "live":
             return
         if self._state == "failing":
@@ -181,11 +225,36 @@ class Watchers:
                 if self._stop.is_set():
                     return
                 self._failed(exc, backoff)
-                self._stop.wait(backoff)
+                self._poll_while_failing(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             finally:
                 with self._stream_lock:
                     self._stream = None
+
+    def _poll_while_failing(self, seconds: float) -> None:
+        """Wait ``seconds`` before reopening the stream; meanwhile, once the watch has been failing for
+        ``fallback`` seconds, list the namespace's allocations every ``fallback`` seconds."""
+        now = time.monotonic()
+        end = now + seconds
+        if self._fallback is None:
+            self._stop.wait(seconds)
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+            self._next_list = now + self._fallback
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= self._next_list:
+                self._next_list = now + self._fallback
+                try:
+                    self._list_index, listed = self._nomad.allocation_changes(self._list_index)
+                    self.fallback_lists += 1
+                    self._changed({job: {"listed"} for job in listed})
+                except (TransientError, PermanentError) as exc:
+                    log.debug("safety listing of allocations failed too: %s", exc)
+            if now >= end:
+                return
+            self._stop.wait(max(0.0, min(end, self._next_list) - now))
 
     def _catch_up(self, since: int, jobs: dict[str, set[str]]) -> dict[str, set[str]]:
         """Events after ``since`` left the server's buffer while we were away: one list names the jobs that moved."""

@@ -1,7 +1,6 @@
 """A keyed work queue: deduplicating, delaying, rate-limited - the shape controller-runtime uses.
 
-Not wired into the loop yet: this module is the queue the loop is to be rebuilt around (issue 11),
-standing alone with its unit tests first.
+The service's loop (``reconciler.loop``) is built around it: run ids are the keys.
 
 * **Keys** (run ids) are queued at most once: adding a queued key again does nothing.
 * **A key is handed to one worker at a time.** A key added while a worker holds it is marked
@@ -14,6 +13,8 @@ standing alone with its unit tests first.
   ``burst``); :meth:`WorkQueue.forget` resets the key's failures after a success.
 * **Shutdown**: :meth:`WorkQueue.shutdown` wakes every waiting :meth:`WorkQueue.get`, which then
   returns None; adds after shutdown are ignored.
+* **Admission**: :class:`CapacityGate` lets waiting keys (pending runs) into a queue only as far as
+  capacity allows, oldest first, and frees a slot when a key it admitted has been handled.
 """
 
 from __future__ import annotations
@@ -187,7 +188,66 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._due_at)
 
+    def busy(self) -> bool:
+        """Some key is queued now or held by a worker (delayed keys not counted)."""
+        with self._cond:
+            return bool(self._queue) or bool(self._processing)
+
     @property
     def is_shut_down(self) -> bool:
         with self._cond:
             return self._shutdown
+
+
+class CapacityGate(Generic[K]):
+    """Admits waiting keys into a queue only as far as there is room.
+
+    ``waiting(limit)`` lists up to ``limit`` keys that wait for admission, oldest first (the pending runs
+    that are due); ``free()`` says how many more the system may take on now (free in-flight slots).
+    :meth:`admit` queues up to ``min(free() + slack, most)`` keys, counting those admitted and not yet
+    handled; :meth:`handled` frees the key's slot (its step took it out of waiting, or left it waiting for
+    a later admission). A key is never admitted twice while it is admitted.
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue[K],
+        *,
+        waiting: Callable[[int], list[K]],
+        free: Callable[[], int],
+        most: int,
+        slack: int = 0,
+    ) -> None:
+        if most < 1 or slack < 0:
+            raise ValueError("a capacity gate needs most >= 1 and slack >= 0")
+        self._queue = queue
+        self._waiting = waiting
+        self._free = free
+        self.most = most
+        self.slack = slack
+        self._admitted: set[K] = set()
+        self._lock = threading.Lock()
+
+    def admit(self) -> list[K]:
+        """Queue as many waiting keys as there is room for; returns the keys admitted now."""
+        with self._lock:
+            room = min(max(0, self._free()) + self.slack, self.most) - len(self._admitted)
+            if room <= 0:
+                return []
+            fresh = [k for k in self._waiting(room + len(self._admitted)) if k not in self._admitted][:room]
+            self._admitted.update(fresh)
+        for key in fresh:
+            self._queue.add(key)
+        return fresh
+
+    def handled(self, key: K) -> bool:
+        """``key``'s step ended; True when it was admitted here (its slot is free again)."""
+        with self._lock:
+            if key in self._admitted:
+                self._admitted.discard(key)
+                return True
+            return False
+
+    def admitted(self) -> int:
+        with self._lock:
+            return len(self._admitted)

@@ -346,6 +346,30 @@ class RunStore:
         )
         return {state: parse_rfc3339(since) for state, since in rows if since}
 
+    def runs_for_jobs(self, job_ids: Iterable[str]) -> list[tuple[str, State, str]]:
+        """``(id, state, nomad_job_id)`` of the in-flight runs whose Nomad child is one of ``job_ids``."""
+        jobs = list(job_ids)
+        states = [s.value for s in IN_FLIGHT]
+        out: list[tuple[str, State, str]] = []
+        for start in range(0, len(jobs), 500):
+            chunk = jobs[start : start + 500]
+            rows = self._tuples(
+                f"select id, state, nomad_job_id from runs where state in ({','.join('?' * len(states))})"
+                f" and nomad_job_id in ({','.join('?' * len(chunk))})",
+                [*states, *chunk],
+            )
+            out.extend((r[0], _STATES[r[1]], r[2]) for r in rows)
+        return out
+
+    def changed_elsewhere(self) -> bool:
+        """True when another connection (another process: ``reconciler cancel``, ``retry``, ``pause``) committed
+        to the file since the last call. SQLite's ``data_version`` moves only for other connections' commits,
+        and this process writes through one connection only."""
+        with self._lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        last, self._data_version = getattr(self, "_data_version", None), version
+        return last is not None and version != last
+
     def in_flight(self) -> int:
         values = [s.value for s in IN_FLIGHT]
         return int(self._tuples(f"select count(*) from runs where state in ({','.join('?' * len(values))})", values)[0][0])

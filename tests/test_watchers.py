@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.clients.errors import TransientError
 from reconciler.clients.nomad_events import Frame, parse_line
-from reconciler.watchers import Watchers, allocation_changes
+from reconciler.watchers import UnclaimedChanges, Watchers, allocation_changes
 
 
 def alloc_event(job: str, status: str, index: int) -> dict[str, Any]:
@@ -181,3 +181,49 @@ def test_lines_and_events_are_read_as_nomad_writes_them() -> None:
     for bad in (b"not json", b"[1]", b'{"Events": []}'):
         with pytest.raises(TransientError):
             parse_line(bad)
+
+
+def test_while_the_stream_stays_down_the_namespace_is_listed_every_fallback_seconds() -> None:
+    down = TransientError("nomad unavailable: connection refused", system="nomad")
+    nomad = FakeNomad([down] * 50)
+    rec = Recorder()
+    w = Watchers(nomad, object(), lambda: None, on_allocations=rec.changes.put,
+                 on_state=lambda state, why: rec.states.append((state, why)), fallback=0.2)
+    w.first_backoff = 0.5
+    w.start()
+    try:
+        seen = rec.until(lambda item: item == {"missed-job": {"listed"}}, timeout=5)
+        assert None in seen  # the loop heard the watch is failing first
+        rec.until(lambda item: item == {"missed-job": {"listed"}}, timeout=5)
+        assert nomad.listed[:2] == [0, 100]  # each listing compared from the index the last one answered
+    finally:
+        w.stop()
+    assert w.fallback_lists >= 2
+
+
+def test_a_stream_back_within_the_fallback_period_costs_no_listing() -> None:
+    down = TransientError("nomad unavailable: connection refused", system="nomad")
+    nomad = FakeNomad([down, lambda since: FakeStream([Frame(None)], since)])
+    rec = Recorder()
+    w = Watchers(nomad, object(), lambda: None, on_allocations=rec.changes.put, fallback=5.0)
+    w.first_backoff = 0.05
+    w.start()
+    try:
+        rec.until(lambda item: item == {})
+        assert nomad.listed == []
+    finally:
+        w.stop()
+
+
+def test_changes_no_run_owned_yet_are_kept_for_the_run_that_claims_the_job_then_forgotten() -> None:
+    now = [100.0]
+    kept = UnclaimedChanges(keep=60, most=3, clock=lambda: now[0])
+    kept.note({"j1": {"running"}})
+    kept.note({"j1": {"complete"}, "j2": {"failed"}})
+    assert kept.claim("j1") == {"running", "complete"}
+    assert kept.claim("j1") is None  # handed over once
+    now[0] += 61
+    kept.note({"j3": {"running"}})
+    assert kept.claim("j2") is None  # aged out
+    kept.note({"j4": set(), "j5": set(), "j6": set()})
+    assert kept.claim("j3") is None and kept.claim("j6") == set()  # at most `most` kept, the oldest go first

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reconciler.workqueue import RateLimiter, WorkQueue
+from reconciler.workqueue import CapacityGate, RateLimiter, WorkQueue
 
 
 class Clock:
@@ -149,3 +149,52 @@ def test_many_workers_never_hold_one_key_together() -> None:
         t.join(5)
     assert overlap == []
     assert all(n >= 1 for n in steps.values())
+
+
+# -- the capacity gate ------------------------------------------------------------------------------
+class Backlog:
+    """Waiting keys oldest first, and a number of free slots, as the loop's store would give them."""
+
+    def __init__(self, keys: list[str], free: int) -> None:
+        self.keys, self.free = list(keys), free
+        self.asked: list[int] = []
+
+    def waiting(self, limit: int) -> list[str]:
+        self.asked.append(limit)
+        return self.keys[:limit]
+
+
+def test_the_gate_admits_only_as_many_as_there_are_free_slots_plus_its_slack_oldest_first() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    backlog = Backlog([f"r{i}" for i in range(10)], free=3)
+    gate = CapacityGate(q, waiting=backlog.waiting, free=lambda: backlog.free, most=8, slack=1)
+    assert gate.admit() == ["r0", "r1", "r2", "r3"]
+    assert gate.admit() == []  # all four are still admitted: nothing more fits
+    assert [q.get(timeout=0) for _ in range(4)] == ["r0", "r1", "r2", "r3"]
+    assert q.get(timeout=0) is None
+
+
+def test_a_handled_key_frees_its_slot_and_is_never_admitted_twice_while_admitted() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    backlog = Backlog(["a", "b", "c"], free=1)
+    gate = CapacityGate(q, waiting=backlog.waiting, free=lambda: backlog.free, most=5)
+    assert gate.admit() == ["a"]
+    assert gate.admit() == []
+    key = q.get(timeout=0)
+    assert gate.handled(key) is True and gate.handled(key) is False
+    backlog.keys.remove("a")  # its step took it out of waiting (bound, or rejected)
+    assert gate.admit() == ["b"]
+    assert gate.admitted() == 1
+
+
+def test_the_gate_never_lets_in_more_than_most_whatever_is_free() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    backlog = Backlog([f"r{i}" for i in range(100)], free=1000)
+    gate = CapacityGate(q, waiting=backlog.waiting, free=lambda: backlog.free, most=16, slack=8)
+    assert len(gate.admit()) == 16
+    backlog.free = -5  # more in flight than the limit (limits lowered): no room, not a negative count
+    for _ in range(16):
+        gate.handled(q.get(timeout=0) or "")
+    assert gate.admit() == ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"]  # only the slack
+    with pytest.raises(ValueError):
+        CapacityGate(q, waiting=backlog.waiting, free=lambda: 1, most=0)

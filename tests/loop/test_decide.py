@@ -128,3 +128,39 @@ def test_no_sequence_of_observations_leaves_the_table(observations, job_missing,
             raise AssertionError(f"decision left the table: {exc}")
         if d.transition == Transition.REPLACE:
             break
+
+
+# -- look_again: a step's own "look again in N s" -----------------------------------------------------
+from reconciler.decide import DEADLINE_SLACK, TIMEOUT_GRACE, look_again  # noqa: E402
+
+
+def again(state, **kw):
+    base = dict(now=NOW, next_try_at=None, dispatched_at=None, started_at=None, timeout_minutes=None, placement_deadline=600.0)
+    return look_again(state=state, **{**base, **kw})
+
+
+def test_a_retry_the_step_asked_for_comes_first():
+    assert again(State.RUNNING, next_try_at=NOW + 7, started_at=NOW - 10, timeout_minutes=1) == 7
+    assert again(State.PENDING, next_try_at=NOW - 3) == 0.0  # overdue: at once
+
+
+def test_a_dispatched_child_is_looked_at_just_after_its_placement_deadline():
+    assert again(State.DISPATCHED, dispatched_at=NOW - 100) == 500 + DEADLINE_SLACK
+    # the decision at that moment really is past the deadline: a look then replaces or fails the attempt
+    later = NOW + 500 + DEADLINE_SLACK
+    assert decide(dispatched_at=NOW - 100, now=later).transition == Transition.REPLACE
+
+
+def test_a_running_child_is_looked_at_just_after_its_timeout():
+    due = again(State.RUNNING, started_at=NOW - 60, timeout_minutes=5)
+    assert due == 4 * 60 + TIMEOUT_GRACE + DEADLINE_SLACK
+    running = [alloc(1, client="running")]
+    assert decide(State.RUNNING, allocs=running, started_at=NOW - 60, timeout=5, now=NOW + due).transition == Transition.COLLECT
+    assert decide(State.RUNNING, allocs=running, started_at=NOW - 60, timeout=5, now=NOW + due - 2 * DEADLINE_SLACK).transition is None
+
+
+def test_bound_runs_are_dispatched_next_and_the_rest_wait_for_news():
+    assert again(State.POLICY_BOUND) == 0.0
+    assert again(State.PENDING) is None  # the capacity gate admits it
+    assert again(State.COLLECTED) is None  # the reporter's
+    assert again(State.RUNNING) is None  # started time unknown: only news or the resync

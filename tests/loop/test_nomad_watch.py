@@ -102,6 +102,9 @@ def test_with_the_watch_cut_the_service_says_so_and_every_run_still_ends_and_is_
         finally:
             stop.set()
         assert outcome == [True]
+        listings = [c for c in cluster.nomad.calls_to("GET", "/v1/allocations") if not c.arg("index")]
+        assert listings, "the safety poll lists the namespace's allocations while the stream is cut"
+        assert not any(c.arg("filter") for c in listings)  # unfiltered: go-bexpr has no `>`
         for action_id in ids:
             res = result(cluster, action_id)
             assert res is not None and res["outcome"] == "success", (action_id, res)

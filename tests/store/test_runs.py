@@ -173,3 +173,28 @@ def test_a_batch_commits_together_and_a_refused_write_undoes_only_itself(store):
             raise RuntimeError("boom")
     assert store.get("b@1").state == State.PENDING
     assert [e.transition for e in store.journal("b@1")] == ["create"]
+
+
+def test_runs_for_jobs_names_the_in_flight_runs_owning_these_children(store):
+    for i in range(3):
+        store.create(RunRecord(id=f"a{i}@1", action_id=f"a{i}"), "seen")
+        store.transition(f"a{i}@1", "bind", expect="pending")
+        store.transition(f"a{i}@1", "dispatch", expect="policy-bound", changes={"nomad_job_id": f"vault-runner/dispatch-{i}"})
+    store.transition("a2@1", "collect", expect="dispatched", changes={"outcome": "success"})  # no longer in flight
+    found = sorted(store.runs_for_jobs(["vault-runner/dispatch-0", "vault-runner/dispatch-2", "other"]))
+    assert found == [("a0@1", State.DISPATCHED, "vault-runner/dispatch-0")]
+    assert store.runs_for_jobs([]) == []
+
+
+def test_changed_elsewhere_hears_other_connections_only(tmp_path):
+    path = tmp_path / "r.db"
+    service = RunStore(path, Clock())
+    assert service.changed_elsewhere() is False  # the first call only takes the mark
+    service.create(RunRecord(id="a@1", action_id="a"), "seen")
+    assert service.changed_elsewhere() is False  # its own writes are no news
+    operator = RunStore(path, Clock())  # `reconciler cancel` in another process
+    operator.transition("a@1", "cancel", expect="pending", reason="by operator")
+    assert service.changed_elsewhere() is True
+    assert service.changed_elsewhere() is False
+    operator.close()
+    service.close()
