@@ -989,7 +989,8 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool, info: dict[
         "The target (<= 5) is for results *finishing together*: scenario `together-100` sets every job's duration so that "
         f"all 100 end at one instant, {TOGETHER_SECONDS:.0f} s after the merge (all are dispatched by then), and counts the "
         "result commits; the same run gives the dispatch rate with nothing finishing meanwhile. In the 1,000-action run "
-        "results finish over the whole run; the reporter pushes whenever a result waits, one push at a time, and the results "
+        "results finish over the whole run; the reporter pushes whenever a result waits, one push at a time and at most one per "
+        "`RECONCILER_REPORT_EVERY` (0.5 s), and the results "
         "finishing during a push share the next one.",
         "- Backlog: Nomad double `capacity` 20 (the rest wait behind a blocked evaluation), `max_in_flight` 50, "
         "`placement_deadline` 30 s. Expired = runs not successful whose journal mentions an expiry; max in flight sampled "

@@ -270,10 +270,14 @@ class Reconciler:
         """The reporter thread: a push whenever a result is waiting; results finishing during a push
         share the next one. Without news it looks once per interval (retries of a settle or a comment)."""
         failures = 0
+        last_push = float("-inf")
         while not stop.is_set():
             self._report_wanted.wait(self._report_wait())
             if stop.is_set():
                 return
+            # results finishing together share one push: at most one push starts per RECONCILER_REPORT_EVERY
+            stop.wait(max(0.0, last_push + self.ctx.settings.loop.report_every - time.monotonic()))
+            last_push = time.monotonic()
             self._report_wanted.clear()
             if not self._leading() or self.ctx.head is None:
                 continue

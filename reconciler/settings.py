@@ -136,6 +136,8 @@ class LoopSettings:
     """Seconds between two listings of the namespace's allocations while the Nomad watch is failing."""
     store_poll: float = 1.0
     """Seconds between two checks for what other processes (``cancel``, ``retry``, ``pause``) wrote to the store."""
+    report_every: float = 0.5
+    """Seconds between the starts of two result pushes at least: results finishing together share one push."""
     workers: int = 32
     """Runs stepped at once; new dispatches (pending runs) take at most half of them."""
 
@@ -281,6 +283,7 @@ _KEYS: dict[str, tuple[str | None, str, Any]] = {
     "RECONCILER_WATCH_FALLBACK": ("loop", "watch_fallback", _positive_float),
     "RECONCILER_STORE_POLL": ("loop", "store_poll", _positive_float),
     "RECONCILER_WORKERS": ("loop", "workers", _positive_int),
+    "RECONCILER_REPORT_EVERY": ("loop", "report_every", _positive_float),
 }
 
 TLS_KEYS = tuple(
