@@ -151,3 +151,30 @@ def test_real_nomad_dispatch_is_idempotent_and_the_runner_takes_its_claim_once(v
     except TransientError:
         pass
     nomad.stop(first.job_id, purge=True)
+
+
+needs_nomad = pytest.mark.skipif(not NOMAD_ADDR, reason="set RECONCILER_TEST_NOMAD_ADDR (nomad agent -dev) to run")
+
+
+@needs_nomad
+def test_real_nomad_serves_the_watch_the_reconciler_uses():
+    """The event stream of the namespace (heartbeat or frames within Nomad's 10 s heartbeat), the unfiltered
+    allocation list compared client side, and the 400 a relational go-bexpr filter gets (why we send none)."""
+    import requests
+
+    from reconciler.clients.errors import PermanentError
+    from reconciler.clients.nomad import NomadClient
+
+    nomad = NomadClient(NomadSettings(addr=NOMAD_ADDR or "", namespace="default"))
+    index, _ = nomad.allocation_changes(0)
+    assert index > 0
+    stream = nomad.event_stream(index)
+    try:
+        first = next(iter(stream))  # a heartbeat ({}) or a frame at or after the index asked
+        assert first.index is None or first.index >= index
+    finally:
+        stream.close()
+    refused = requests.get(f"{NOMAD_ADDR}/v1/allocations", params={"filter": "ModifyIndex > 1"}, timeout=10)
+    assert refused.status_code == 400, refused.text
+    with pytest.raises(PermanentError):  # through our client too: a 400 is permanent, not retried
+        nomad._raw("list with a relational filter", nomad._nomad.allocations, method="get", params={"filter": "ModifyIndex > 1"})
