@@ -87,7 +87,6 @@ class Reconciler:
         self._report_wanted = threading.Event()
         self._reporting = False
         self._ready = False
-        self._repush: list[str] = []
         self._last_sidecar_scan = float("-inf")
         self._remote_dirty = threading.Event()
         self._last_fetch = float("-inf")
@@ -97,7 +96,7 @@ class Reconciler:
     def _gate(self, queue: WorkQueue[str]) -> CapacityGate[str]:
         """Pending runs are let in as far as in-flight slots are free, and take at most half the workers:
         watching and collecting never wait behind a burst of new dispatches."""
-        return CapacityGate(queue, waiting=self._pending_due, free=self._free_slots, most=self._workers // 2)
+        return CapacityGate(queue, waiting=self._pending_due, free=self._free_slots, most=self._workers // 2, slack=ADMIT_BEYOND_FREE)
 
     def close(self) -> None:
         self.queue.shutdown()
@@ -151,8 +150,7 @@ class Reconciler:
             scan = desired.scan(ctx, head)  # nothing to do (one read) when the head did not move
             summary.created = len(scan.created)
             if scan.results_missing:
-                with self._lock:
-                    self._repush.extend(scan.results_missing)
+                self._keep_repush(scan.results_missing)
             if scan.cancelled or scan.results_missing:
                 self._report_wanted.set()
         except (TransientError, PermanentError) as exc:
@@ -222,7 +220,7 @@ class Reconciler:
         self._sync_desired(summary, force=True)
         due = self._active_due()
         if ctx.head is not None:
-            due += self._pending_due(min(max(0, self._free_slots()), self._workers // 2))
+            due += self._pending_due(min(max(0, self._free_slots()) + ADMIT_BEYOND_FREE, self._workers // 2))
         chosen = ctx.store.get_many(due)
         chosen.sort(key=lambda r: (State(r.state) == State.PENDING, r.created_at))
         summary.stepped = len(chosen)
@@ -255,16 +253,29 @@ class Reconciler:
         reported: list[str] = []
         errors: list[str] = []
         if head is not None:
-            with self._lock:
-                repush, self._repush = self._repush, []
+            repush = self._repush_wanted()
             try:
                 reported = publish.report_ready(ctx, repush, mark_later=None if wait_marks else self._mark_later)
+                if repush:
+                    self._drop_repush(repush)
             except (TransientError, PermanentError) as exc:
-                with self._lock:
-                    self._repush.extend(repush)
                 errors.append(f"report: {exc}")
         reported += sidecar_runs.report_ready(ctx)
         return reported, errors
+
+    def _repush_wanted(self) -> list[str]:
+        """Reported runs whose result file left main: pushed again with the next report (kept in the store)."""
+        raw = self.ctx.store.get_value(REPUSH_KEY)
+        return list(json.loads(raw)) if raw else []
+
+    def _keep_repush(self, run_ids: list[str]) -> None:
+        with self._lock:
+            self.ctx.store.set_value(REPUSH_KEY, json.dumps(sorted(set(self._repush_wanted()) | set(run_ids))))
+
+    def _drop_repush(self, run_ids: list[str]) -> None:
+        with self._lock:
+            left = sorted(set(self._repush_wanted()) - set(run_ids))
+            self.ctx.store.set_value(REPUSH_KEY, json.dumps(left))
 
     def _report_forever(self, stop: threading.Event) -> None:
         """The reporter thread: a push whenever a result is waiting; results finishing during a push
@@ -618,6 +629,14 @@ def _store_owner(store: Any) -> StoreOwner | None:
         return None
     return StoreOwner(f"{path}.owner")
 
+
+#: Pending runs let in beyond the free in-flight slots: while every slot is taken, the first in line are
+#: still assessed, so an invalid one is rejected at once and the others show why they wait ("waiting for
+#: capacity", looked at again by their step every 2 s) instead of a silent queue.
+ADMIT_BEYOND_FREE = 8
+
+#: Store key of the reported runs whose result file must be pushed again (it left main).
+REPUSH_KEY = "results_to_repush"
 
 #: Active states other than pending: a pass and a resync look at each of these (pending ones only as admitted).
 ACTIVE_PAST_PENDING = frozenset(ACTIVE - {State.PENDING})
