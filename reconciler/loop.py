@@ -130,7 +130,7 @@ class Reconciler:
         self._wake.set()
 
     # -- the desired state: the ops repo and the issue tracker ----------------------------------------
-    def _sync_desired(self, summary: PassSummary, *, force: bool) -> None:
+    def _sync_desired(self, summary: PassSummary, *, force: bool, periodic: bool = True) -> None:
         """Fetch the ops repo (when asked, when its head moved, or once per interval) and update the runs
         from the action files; scan the issue tracker once per interval. The ids of runs created or
         cancelled go to the queue, the gate or the reporter."""
@@ -140,7 +140,8 @@ class Reconciler:
             if not self._ready:
                 ctx.ops.ensure_ready()
                 self._ready = True
-            if force or self._remote_dirty.is_set() or ctx.head is None or time.monotonic() - self._last_fetch >= interval:
+            due = periodic and time.monotonic() - self._last_fetch >= interval
+            if force or due or self._remote_dirty.is_set() or ctx.head is None:
                 self._remote_dirty.clear()
                 ctx.head = ctx.ops.fetch()
                 self._last_fetch = time.monotonic()
@@ -204,9 +205,10 @@ class Reconciler:
         self._report_wanted.set()
 
     # -- one pass ------------------------------------------------------------------------------------
-    def run_pass(self, *, wait: bool = True) -> PassSummary:
+    def run_pass(self, *, fetch: bool = True) -> PassSummary:
         """One level-triggered pass: read the ops repo, step every due active run (and as many pending
-        ones as capacity admits) at once, wait for them, report. ``wait`` is kept for callers of old."""
+        ones as capacity admits) at once, wait for them, report. ``fetch=False``: on the head already
+        read (a fetch only when there is none yet, or the remote watch said the head moved)."""
         ctx = self.ctx
         started = time.monotonic()
         summary = PassSummary()
@@ -217,7 +219,7 @@ class Reconciler:
             return summary
         ctx.observe("set_leader", True)
         ctx.begin_pass()
-        self._sync_desired(summary, force=True)
+        self._sync_desired(summary, force=fetch, periodic=fetch)
         due = self._active_due()
         if ctx.head is not None:
             due += self._pending_due(min(max(0, self._free_slots()) + ADMIT_BEYOND_FREE, self._workers // 2))
@@ -428,12 +430,16 @@ class Reconciler:
             if self.unclaimed.claim(after.nomad_job_id) is not None:
                 self.queue.add(run_id)  # its child's first events came before the dispatch was committed
                 return False
-        delay = self._look_again(after, stepped_from=before)
-        if delay is not None:
+        delay = self._look_again(after)
+        if state != before:
+            self.queue.forget(run_id)
+        if delay == 0.0 and state == before:
+            self.queue.add_rate_limited(run_id)  # "again at once" without moving (a rebind): per-run backoff, no hot loop
+        elif delay is not None:
             self.queue.add_after(run_id, delay)
         return before in IN_FLIGHT and state not in IN_FLIGHT
 
-    def _look_again(self, run: RunRecord, *, stepped_from: State) -> float | None:
+    def _look_again(self, run: RunRecord) -> float | None:
         """When to step ``run`` again without news (None: news, the gate or the reporter bring it back)."""
         ctx = self.ctx
         state = State(run.state)
@@ -451,8 +457,6 @@ class Reconciler:
             placement_deadline=float(ctx.settings.loop.placement_deadline),
         )
         resync = ctx.settings.loop.resync
-        if own == 0.0 and state == stepped_from and not run.next_try_at:
-            own = None  # the step did not move it and asked for nothing: no spinning, the resync looks
         if own is None:
             return resync if state in IN_FLIGHT or state == State.PENDING else None
         return min(own, resync)

@@ -145,7 +145,7 @@ def test_case6_force_push_that_removed_an_action_is_not_undone(cluster, tmp_path
         assert harness.store.find("gate-c6-removed") is not None
         subprocess.run(["git", "--git-dir", str(cluster.bare), "update-ref", "refs/heads/main", before], check=True)
         assert cli("cancel", "gate-c6-removed", env=env).returncode == 0  # its result is pushed on the stale head
-        _wait(lambda: harness.reconciler.run_pass(wait=False) and result(cluster, "gate-c6-removed"), "the cancelled run's result")
+        _wait(lambda: harness.reconciler.run_pass(fetch=False) and result(cluster, "gate-c6-removed"), "the cancelled run's result")
     finally:
         harness.close()
     assert cluster.remote_file(_path("gate-c6-removed")) is None, "the result push resurrected the removed action"
