@@ -157,6 +157,10 @@ _BLOB_MODES = ("100644", "100755", "120000")  # what ``ls-tree`` calls blobs (sy
 _FILE_MODES = ("100644", "100755")  # regular files: the only entries ``read`` and ``list_dir`` answer with
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _TREE_CACHE_SIZE = 256
+_BLOB_CACHE_SIZE = 4096
+"""Small blobs kept by object id (immutable: never stale): an action file is read when it is found,
+again when its run is validated, and by the approval check, each a ``cat-file`` exchange otherwise."""
+_BLOB_CACHE_MAX = 64 * 1024
 _COMMIT_MEMO_SIZE = 4096
 
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
@@ -559,6 +563,8 @@ class OpsRepo:
         self._histories: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._trees: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
         self._commit_trees: dict[str, str] = {}
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        """Whole contents of small blobs by object id (``_BLOB_CACHE_SIZE``, ``_BLOB_CACHE_MAX``)."""
 
     # ----------------------------------------------------------------- plumbing
 
@@ -1054,9 +1060,24 @@ class OpsRepo:
             found = self._lookup(sha, path, missing_commit=False)
             if found is not None and found[0] in _FILE_MODES:
                 blobs[path] = found[1]
-        oids = list(dict.fromkeys(blobs.values()))
+        content: dict[str, bytes] = {}
+        with self._tree_lock:
+            for oid in dict.fromkeys(blobs.values()):
+                whole = self._blobs.get(oid)
+                if whole is not None:
+                    self._blobs.move_to_end(oid)
+                    # What cat-file answers for a longer blob: its first max_bytes + 1 bytes.
+                    content[oid] = whole if max_bytes is None or len(whole) <= max_bytes else whole[: max_bytes + 1]
+        oids = [oid for oid in dict.fromkeys(blobs.values()) if oid not in content]
         answers = self._cat_file().objects(oids, max_bytes) if oids else []
-        content = {oid: a[2] for oid, a in zip(oids, answers) if a is not None and a[1] == "blob"}
+        fetched = {oid: a[2] for oid, a in zip(oids, answers) if a is not None and a[1] == "blob"}
+        content.update(fetched)
+        with self._tree_lock:
+            for oid, data in fetched.items():
+                if len(data) <= _BLOB_CACHE_MAX and (max_bytes is None or len(data) <= max_bytes):  # known whole
+                    self._blobs[oid] = data
+            while len(self._blobs) > _BLOB_CACHE_SIZE:
+                self._blobs.popitem(last=False)
         return {p: content.get(blobs[p]) if p in blobs else None for p in wanted}
 
     def _lookup(self, sha: str, path: str, *, missing_commit: bool) -> tuple[str, str] | None:

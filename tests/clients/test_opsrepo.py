@@ -340,8 +340,9 @@ def test_many_reads_share_one_process_which_sees_new_packs_and_is_restarted(make
     pid = cat._proc.pid
     cat._proc.kill()
     cat._proc.wait()
-    assert reader.read(head, "vault/actions/r7.toml") == b"id = 'r7'\n"
+    assert reader.read(head, "vault/policy.toml") == SEED["vault/policy.toml"]  # not read before: not cached
     assert reader._cat_file()._proc.pid != pid
+    reader._blobs.clear()  # the concurrent reads below go through the cat-file pipe, not the blob cache
 
     wrong: list[str] = []
 
@@ -358,6 +359,22 @@ def test_many_reads_share_one_process_which_sees_new_packs_and_is_restarted(make
         t.join(30)
     assert wrong == []
     assert reader.read_many(head, ["vault/actions/r1.toml"]) == {"vault/actions/r1.toml": b"id = 'r1'\n"}
+
+
+def test_a_blob_read_again_comes_from_the_cache_cut_as_cat_file_would(make_repo) -> None:
+    reader = make_repo("reader")
+    head = reader.fetch()
+    path = "vault/actions/a.toml"
+    assert reader.read(head, path) == SEED[path]
+    cat = reader._cat_file()
+    cat._proc.kill()
+    cat._proc.wait()
+    pid = cat._proc.pid
+    assert reader.read(head, path) == SEED[path]  # from the cache: no new process
+    assert reader._cat_file()._proc.pid == pid
+    assert reader.read(head, path, max_bytes=4) == SEED[path][:5]  # a too-big file: its first max_bytes + 1 bytes
+    assert reader.read(head, "vault/actions/b.toml", max_bytes=4) == SEED["vault/actions/b.toml"][:5]
+    assert reader.read(head, "vault/actions/b.toml") == SEED["vault/actions/b.toml"]  # a cut read is never cached
 
 
 # ------------------------------------------------------------------ history
