@@ -914,3 +914,26 @@ def test_ensure_commit_over_a_broken_network_is_transient(make_repo, other: Clon
     git(repo._root, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/ops.git")
     with pytest.raises(TransientError):
         repo.ensure_commit("0123456789abcdef0123456789abcdef01234567", 3)
+
+
+def test_commit_graph_answers_between_full_ids_are_kept_and_refs_or_absent_commits_are_asked_again(make_repo) -> None:
+    reader = make_repo("reader")
+    head = reader.fetch()
+    calls: list[str] = []
+    original = reader._run
+
+    def counted(args, *a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(" ".join(args[:2]))
+        return original(args, *a, **kw)
+
+    reader._run = counted  # type: ignore[method-assign]
+    first = reader.commit(head).parents[0] if reader.commit(head).parents else head
+    assert reader.is_ancestor(first, head) and reader.is_ancestor(first, head)
+    assert reader.merge_base(first, head) == reader.merge_base(first, head) == first
+    assert calls.count("merge-base --is-ancestor") == 1 and calls.count("merge-base " + first) == 1
+    unknown = "0123456789abcdef0123456789abcdef01234567"
+    assert reader.is_ancestor(unknown, head) is False and reader.is_ancestor(unknown, head) is False
+    assert calls.count("merge-base --is-ancestor") == 3  # an unknown commit may arrive with a fetch: not kept
+    before = len(calls)
+    assert reader.is_ancestor(first, "origin/main") and reader.is_ancestor(first, "origin/main")
+    assert len(calls) == before + 2  # a ref moves: never kept
