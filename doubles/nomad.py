@@ -48,7 +48,7 @@ from urllib.parse import unquote
 
 from doubles.http import DoubleServer, Request, Response, StreamingResponse
 from doubles.nomad_filter import FilterError, compile_filter
-from doubles.nomad_acl import ACL, Policy, PolicyError, host_volume_needs, namespace_need, parse_policy, variable_need
+from doubles.nomad_acl import ACL, PolicyError, host_volume_needs, namespace_need, parse_policy, variable_need
 from doubles.nomad_exec import (
     AllocPaths,
     DriverFailureTask,
@@ -510,6 +510,7 @@ class NomadDouble(DoubleServer):
         """ACL policies by name (``Rules`` in Nomad's policy language, ``JobACL``)."""
         self.acl_tokens: dict[str, list[str]] = {}
         """Client token secret -> the names of its policies (``token`` itself is the management token)."""
+        self._acl_cache: dict[tuple[str, ...], ACL] = {}
         self.mode = mode
         self.capacity = capacity
         """At most this many allocations run at once; the rest wait behind a blocked evaluation."""
@@ -767,7 +768,8 @@ class NomadDouble(DoubleServer):
             acl = ACL(management=True)
         elif supplied in self.acl_tokens:
             with self._lock:
-                acl = ACL.of(self._policy(name) for name in self.acl_tokens[supplied] if name in self.acl_policies)
+                rules = tuple(self.acl_policies[name]["Rules"] for name in self.acl_tokens[supplied] if name in self.acl_policies)
+            acl = self._acl_of(rules)
         else:
             raise _Fail(403, "ACL token not found")
         req.acl = acl  # type: ignore[attr-defined]
@@ -808,8 +810,17 @@ class NomadDouble(DoubleServer):
 
     # -- ACL policies and tokens (``nomad/acl_endpoint.go``) -------------------------------------
 
-    def _policy(self, name: str) -> Policy:
-        return parse_policy(self.acl_policies[name]["Rules"])
+    def _acl_of(self, rules: tuple[str, ...]) -> ACL:
+        """The merged ACL of these policy texts, parsed once per distinct set (``nomad/acl.go`` keeps
+        an ACL cache keyed by the token's policies, too). Keyed by the texts themselves, so a policy
+        rewritten or deleted applies to the very next request; the ACL is only read after this."""
+        acl = self._acl_cache.get(rules)
+        if acl is None:
+            acl = ACL.of(parse_policy(text) for text in rules)
+            if len(self._acl_cache) >= 256:
+                self._acl_cache.clear()
+            self._acl_cache[rules] = acl
+        return acl
 
     def set_policy(self, name: str, rules: str, *, description: str = "", job_acl: dict[str, Any] | None = None) -> None:
         """Store an ACL policy as ``POST /v1/acl/policy/<name>`` does (validated; raises PolicyError)."""

@@ -596,7 +596,10 @@ def collect_logs(ctx: Context, run: RunRecord, alloc_id: str) -> str:
         except (TransientError, PermanentError):
             return {}
 
-    stdout, stderr, values = ctx.together(functools.partial(tail, "stdout"), functools.partial(tail, "stderr"), declared_values)
+    if run.secrets:
+        stdout, stderr, values = ctx.together(functools.partial(tail, "stdout"), functools.partial(tail, "stderr"), declared_values)
+    else:  # nothing declared to redact by value: no third helper to hand off to
+        (stdout, stderr), values = ctx.together(functools.partial(tail, "stdout"), functools.partial(tail, "stderr")), {}
     parts = [text for text in (stdout, "[stderr]\n" + stderr if stderr else "") if text]
     return redacted_tail("\n".join(parts), values, LOG_LIMIT)
 

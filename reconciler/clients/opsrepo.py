@@ -88,7 +88,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from reconciler.clients.git_env import GitAuth, clean_env
 from reconciler.clients.errors import NotFoundError, PermanentError, ReconcilerError, TransientError
@@ -157,6 +157,13 @@ _BLOB_MODES = ("100644", "100755", "120000")  # what ``ls-tree`` calls blobs (sy
 _FILE_MODES = ("100644", "100755")  # regular files: the only entries ``read`` and ``list_dir`` answer with
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _TREE_CACHE_SIZE = 256
+_BLOB_CACHE_SIZE = 4096
+"""Small blobs kept by object id (immutable: never stale): an action file is read when it is found,
+again when its run is validated, and by the approval check, each a ``cat-file`` exchange otherwise."""
+_BLOB_CACHE_MAX = 64 * 1024
+_GRAPH_CACHE_SIZE = 8192
+"""Answers about the commit graph between full commit ids (ancestry, merge base, presence): fixed by
+the ids themselves, so kept across passes; the approval gate asks the same ones pass after pass."""
 _COMMIT_MEMO_SIZE = 4096
 
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
@@ -559,6 +566,10 @@ class OpsRepo:
         self._histories: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._trees: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
         self._commit_trees: dict[str, str] = {}
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._graph: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        """``("anc", a, b)`` -> bool, ``("base", a, b)`` -> merge base, ``("has", sha)`` -> True; full ids only."""
+        """Whole contents of small blobs by object id (``_BLOB_CACHE_SIZE``, ``_BLOB_CACHE_MAX``)."""
 
     # ----------------------------------------------------------------- plumbing
 
@@ -1054,9 +1065,24 @@ class OpsRepo:
             found = self._lookup(sha, path, missing_commit=False)
             if found is not None and found[0] in _FILE_MODES:
                 blobs[path] = found[1]
-        oids = list(dict.fromkeys(blobs.values()))
+        content: dict[str, bytes] = {}
+        with self._tree_lock:
+            for oid in dict.fromkeys(blobs.values()):
+                whole = self._blobs.get(oid)
+                if whole is not None:
+                    self._blobs.move_to_end(oid)
+                    # What cat-file answers for a longer blob: its first max_bytes + 1 bytes.
+                    content[oid] = whole if max_bytes is None or len(whole) <= max_bytes else whole[: max_bytes + 1]
+        oids = [oid for oid in dict.fromkeys(blobs.values()) if oid not in content]
         answers = self._cat_file().objects(oids, max_bytes) if oids else []
-        content = {oid: a[2] for oid, a in zip(oids, answers) if a is not None and a[1] == "blob"}
+        fetched = {oid: a[2] for oid, a in zip(oids, answers) if a is not None and a[1] == "blob"}
+        content.update(fetched)
+        with self._tree_lock:
+            for oid, data in fetched.items():
+                if len(data) <= _BLOB_CACHE_MAX and (max_bytes is None or len(data) <= max_bytes):  # known whole
+                    self._blobs[oid] = data
+            while len(self._blobs) > _BLOB_CACHE_SIZE:
+                self._blobs.popitem(last=False)
         return {p: content.get(blobs[p]) if p in blobs else None for p in wanted}
 
     def _lookup(self, sha: str, path: str, *, missing_commit: bool) -> tuple[str, str] | None:
@@ -1242,8 +1268,13 @@ class OpsRepo:
         """Whether commit ``a`` is reachable from ``b`` (False when either is unknown)."""
         self._ready()
         self._require_full_history()
+        key = ("anc", a, b)
+        known = self._graph_get(key)
+        if known is not None:
+            return bool(known)
         proc = self._run(["merge-base", "--is-ancestor", _check_rev(a), _check_rev(b)], check=False)
-        if proc.returncode in (0, 1):
+        if proc.returncode in (0, 1):  # both commits exist here (an unknown one is an error, 128)
+            self._graph_put(key, proc.returncode == 0)
             return proc.returncode == 0
         if not (self._commit_exists(a) and self._commit_exists(b)):
             return False
@@ -1254,9 +1285,15 @@ class OpsRepo:
         no history. ``NotFoundError`` when either commit is unknown here (see ``ensure_commit``)."""
         self._ready()
         self._require_full_history()
+        key = ("base", a, b)
+        known = self._graph_get(key)
+        if known is not None:
+            return str(known)
         proc = self._run(["merge-base", _check_rev(a), _check_rev(b)], check=False)
         if proc.returncode == 0:
-            return proc.stdout.decode("ascii").split()[0]
+            base = proc.stdout.decode("ascii").split()[0]
+            self._graph_put(key, base)
+            return base
         for rev in (a, b):
             if not self._commit_exists(rev):
                 raise NotFoundError(f"no commit {rev} in the ops repo clone", system=SYSTEM)
@@ -1335,8 +1372,29 @@ class OpsRepo:
         return False
 
     def _commit_exists(self, rev: str) -> bool:
+        key = ("has", rev)
+        if self._graph_get(key):
+            return True
         proc = self._run(["rev-parse", "--verify", "--quiet", f"{_check_rev(rev)}^{{commit}}"], check=False)
+        if proc.returncode == 0:
+            self._graph_put(key, True)  # only presence is kept: an absent commit may be fetched later
         return proc.returncode == 0
+
+    def _graph_get(self, key: tuple[str, ...]) -> Any:
+        """A kept commit-graph answer (None: not kept; only full commit ids are ever kept)."""
+        with self._tree_lock:
+            value = self._graph.get(key)
+            if value is not None:
+                self._graph.move_to_end(key)
+            return value
+
+    def _graph_put(self, key: tuple[str, ...], value: Any) -> None:
+        if not all(_FULL_SHA.fullmatch(part) for part in key[1:]):
+            return  # a ref or an abbreviated id can come to name another commit
+        with self._tree_lock:
+            self._graph[key] = value
+            while len(self._graph) > _GRAPH_CACHE_SIZE:
+                self._graph.popitem(last=False)
 
     def _unknown_or_failure(self, sha: str, what: str, proc: subprocess.CompletedProcess[bytes]) -> ReconcilerError:
         if not self._commit_exists(sha):

@@ -340,8 +340,9 @@ def test_many_reads_share_one_process_which_sees_new_packs_and_is_restarted(make
     pid = cat._proc.pid
     cat._proc.kill()
     cat._proc.wait()
-    assert reader.read(head, "vault/actions/r7.toml") == b"id = 'r7'\n"
+    assert reader.read(head, "vault/policy.toml") == SEED["vault/policy.toml"]  # not read before: not cached
     assert reader._cat_file()._proc.pid != pid
+    reader._blobs.clear()  # the concurrent reads below go through the cat-file pipe, not the blob cache
 
     wrong: list[str] = []
 
@@ -358,6 +359,22 @@ def test_many_reads_share_one_process_which_sees_new_packs_and_is_restarted(make
         t.join(30)
     assert wrong == []
     assert reader.read_many(head, ["vault/actions/r1.toml"]) == {"vault/actions/r1.toml": b"id = 'r1'\n"}
+
+
+def test_a_blob_read_again_comes_from_the_cache_cut_as_cat_file_would(make_repo) -> None:
+    reader = make_repo("reader")
+    head = reader.fetch()
+    path = "vault/actions/a.toml"
+    assert reader.read(head, path) == SEED[path]
+    cat = reader._cat_file()
+    cat._proc.kill()
+    cat._proc.wait()
+    pid = cat._proc.pid
+    assert reader.read(head, path) == SEED[path]  # from the cache: no new process
+    assert reader._cat_file()._proc.pid == pid
+    assert reader.read(head, path, max_bytes=4) == SEED[path][:5]  # a too-big file: its first max_bytes + 1 bytes
+    assert reader.read(head, "vault/actions/b.toml", max_bytes=4) == SEED["vault/actions/b.toml"][:5]
+    assert reader.read(head, "vault/actions/b.toml") == SEED["vault/actions/b.toml"]  # a cut read is never cached
 
 
 # ------------------------------------------------------------------ history
@@ -897,3 +914,26 @@ def test_ensure_commit_over_a_broken_network_is_transient(make_repo, other: Clon
     git(repo._root, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/ops.git")
     with pytest.raises(TransientError):
         repo.ensure_commit("0123456789abcdef0123456789abcdef01234567", 3)
+
+
+def test_commit_graph_answers_between_full_ids_are_kept_and_refs_or_absent_commits_are_asked_again(make_repo) -> None:
+    reader = make_repo("reader")
+    head = reader.fetch()
+    calls: list[str] = []
+    original = reader._run
+
+    def counted(args, *a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(" ".join(args[:2]))
+        return original(args, *a, **kw)
+
+    reader._run = counted  # type: ignore[method-assign]
+    first = reader.commit(head).parents[0] if reader.commit(head).parents else head
+    assert reader.is_ancestor(first, head) and reader.is_ancestor(first, head)
+    assert reader.merge_base(first, head) == reader.merge_base(first, head) == first
+    assert calls.count("merge-base --is-ancestor") == 1 and calls.count("merge-base " + first) == 1
+    unknown = "0123456789abcdef0123456789abcdef01234567"
+    assert reader.is_ancestor(unknown, head) is False and reader.is_ancestor(unknown, head) is False
+    assert calls.count("merge-base --is-ancestor") == 3  # an unknown commit may arrive with a fetch: not kept
+    before = len(calls)
+    assert reader.is_ancestor(first, "origin/main") and reader.is_ancestor(first, "origin/main")
+    assert len(calls) == before + 2  # a ref moves: never kept
