@@ -493,9 +493,25 @@ class ChildView:
 
 
 def observe_child(ctx: Context, run: RunRecord) -> ChildView:
+    """Nomad's view of the child: its allocations, and the job itself only when they do not settle it.
+
+    A missing job's allocation list is 200 ``[]`` (CONTRACTS.md rev. 2), so an empty list needs the job
+    read. Allocations Nomad still wants (``DesiredStatus`` ``run``, every one) belong to a job nobody stopped
+    or purged - a stopped or deregistered job has the scheduler set them to ``stop`` (``scheduler/reconcile.go``
+    ``handleStop``: ``markStop(..., allocNotNeeded)``; the
+    double's ``_stop_job``) - and a finished one's exit code is the outcome whatever befell the job after:
+    then the job read is skipped, which is one request less for each look of a watched run.
+    """
     job_id = run.nomad_job_id
-    job = ctx.nomad.job(job_id) if job_id else None
-    allocs = ctx.nomad.allocations(job_id) if job is not None and job_id else []
+    if not job_id:
+        return ChildView(None, [], None)
+    allocs = ctx.nomad.allocations(job_id)
+    if allocs and all(a.get("DesiredStatus") == "run" for a in allocs):
+        job: dict[str, Any] | None = {"ID": job_id, "_seen": "through its allocations"}
+    else:
+        job = ctx.nomad.job(job_id)
+        if job is None:
+            allocs = []
     evals = None
     started = ("running", "complete", "failed", "lost", "unknown")
     if run.state == State.DISPATCHED and job is not None and not any(a.get("ClientStatus") in started for a in allocs):
