@@ -62,7 +62,8 @@ LOOP_INTERVAL = 10.0
 #: In the ``together`` scenario every job ends this many seconds after the merge (all are dispatched by then).
 TOGETHER_SECONDS = 12.0
 #: In the ``watch`` scenario every job ends this many seconds after the merge: the window between is watching only.
-WATCH_SECONDS = 45.0
+#: Longer than RECONCILER_RESYNC (90 s), so that every child's guard look falls inside the window.
+WATCH_SECONDS = 100.0
 
 
 # =============================================================================
@@ -706,7 +707,7 @@ def plans(quick: bool, profile: bool) -> list[Plan]:
     small, big, history = (100, 100, 1000) if quick else (100, 1000, 10000)
     out = [Plan("throughput-100", ["throughput", str(small)], 300), Plan("together-100", ["together", "100"], 300),
            Plan("ceiling", ["ceiling", "100" if quick else "300"], 300)]
-    if not quick:  # the watch scenario waits out its jobs (45 s): too long for the smoke run
+    if not quick:  # the watch scenario waits out its jobs (100 s: longer than the 90 s resync): too long for the smoke run
         out.append(Plan("watch", ["watch", "100"], 300))
         out.append(Plan("throughput-1000", ["throughput", str(big)], 900))
     out.append(Plan(f"backlog-{big}", ["backlog", str(big)], 900))
