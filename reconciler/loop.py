@@ -30,7 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from reconciler import desired, publish, sidecar_runs
 from reconciler.clients.errors import PermanentError, TransientError
@@ -61,7 +61,7 @@ class PassSummary:
 class Reconciler:
     """Runs passes (``run_pass``), or serves the work queue until told to stop (``serve``)."""
 
-    def __init__(self, ctx: Context, *, workers: int | None = None, sleep: Callable[[float], None] | None = None) -> None:
+    def __init__(self, ctx: Context, *, workers: int | None = None) -> None:
         self.ctx = ctx
         self.leadership: Leadership | None = None
         if ctx.settings.loop.leader_lock:
@@ -184,22 +184,20 @@ class Reconciler:
     def _free_slots(self) -> int:
         return self.ctx.settings.loop.max_in_flight - self.ctx.store.in_flight()
 
-    def _active_due(self) -> list[str]:
-        """Every active run the gate does not admit, due now: what a pass (or a resync) looks at."""
-        stamp = self.ctx.stamp(self.ctx.now())
+    def _active_ids(self, *, due_only: bool) -> list[str]:
+        """Every active run the gate does not admit (``due_only``: only those due now): what a pass looks at,
+        and what a resync puts on the queue."""
+        stamp = self.ctx.stamp(self.ctx.now()) if due_only else None
         sidecar_kinds = [k for k in KINDS if k != "vault-action"]
         briefs = self.ctx.store.briefs(ACTIVE_PAST_PENDING, due_by=stamp) + self.ctx.store.briefs(
             [State.PENDING], kinds=sidecar_kinds, due_by=stamp
         )
-        return [r.id for r in briefs if step_for(r) is not None]
+        return [r.id for r in briefs if step_for(r) is not None or not due_only]
 
     def _resync(self) -> None:
         """Put every active run on the queue (start, leadership regained, another process wrote the store):
         each one's step decides what is due and when to look again."""
-        ids = [r.id for r in self.ctx.store.briefs(ACTIVE_PAST_PENDING)]
-        sidecar_kinds = [k for k in KINDS if k != "vault-action"]
-        ids += [r.id for r in self.ctx.store.briefs([State.PENDING], kinds=sidecar_kinds)]
-        for run_id in ids:
+        for run_id in self._active_ids(due_only=False):
             self.queue.add(run_id)
         self.admission.admit()
         self._report_wanted.set()
@@ -220,7 +218,7 @@ class Reconciler:
         ctx.observe("set_leader", True)
         ctx.begin_pass()
         self._sync_desired(summary, force=fetch, periodic=fetch)
-        due = self._active_due()
+        due = self._active_ids(due_only=True)
         if ctx.head is not None:
             due += self._pending_due(min(max(0, self._free_slots()) + ADMIT_BEYOND_FREE, self._workers // 2))
         chosen = ctx.store.get_many(due)
