@@ -13,20 +13,12 @@ import pytest
 from states.machine import State
 
 from .test_end_to_end import action_toml, result, write_formula
+from .test_nomad_watch import _wait
 
 pytestmark = pytest.mark.timeout(240)
 
 #: The queue machinery itself, which is where run ids are meant to live.
 QUEUE_PARTS = {"queue", "admission", "unclaimed"}
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def _held_run_ids(reconciler, run_ids: set[str]) -> dict[str, list[str]]:
